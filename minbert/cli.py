@@ -1,0 +1,107 @@
+"""`minbert train | evaluate | predict | reproduce`.
+
+Config overrides are dotted keys after the named options: `minbert train --train.seed=3
+--train.phases.0.epochs=2`. `--model PATH` is short for `--model.checkpoint=PATH`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+MAIN_CONFIG = "main"
+
+
+def resolve_config(name_or_path: str | None) -> Path:
+    """A config file path, or a name in the repo's configs/ folder (`seed_f` -> configs/seed_f.yaml)."""
+    value = name_or_path or MAIN_CONFIG
+    path = Path(value)
+    if path.exists():
+        return path
+    for folder in (Path.cwd() / "configs", REPO_CONFIGS):
+        candidate = folder / f"{value}.yaml"
+        if candidate.exists():
+            return candidate
+    raise SystemExit(f"minbert: config {value!r} not found (neither a file nor a name in {REPO_CONFIGS})")
+
+
+def _overrides(unknown: list[str], model: str | None, parser: argparse.ArgumentParser) -> list[str]:
+    out = []
+    for item in unknown:
+        if not item.startswith("--") or "=" not in item or "." not in item.split("=", 1)[0]:
+            parser.error(f"unrecognised argument {item!r} (config overrides look like --train.seed=3)")
+        out.append(item[2:])
+    if model:
+        out.append(f"model.checkpoint={model}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="minbert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="train (no config: the main job)")
+    p_train.add_argument("--config", help="YAML file or name in configs/ (default: main)")
+    p_train.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
+    p_train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p_eval = sub.add_parser("evaluate", help="dev scores of a saved checkpoint")
+    p_pred = sub.add_parser("predict", help="write the six prediction files from a saved checkpoint")
+    p_pred.add_argument("--out", required=True)
+    for p in (p_eval, p_pred):
+        p.add_argument("--checkpoint", required=True, help="a best.pt written by minbert train")
+    p_rep = sub.add_parser("reproduce", help="the seed report's Models A-F, with a table and a chart")
+    p_rep.add_argument("--out", required=True)
+    p_rep.add_argument("--models", default="A,B,C,D,E,F")
+    for p in (p_train, p_eval, p_pred, p_rep):
+        p.add_argument("--model", help="BERT checkpoint directory (default: the embedded all-MiniLM-L6-v2)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args, unknown = parser.parse_known_args(argv)
+    active = {"train": p_train, "evaluate": p_eval, "predict": p_pred, "reproduce": p_rep}[args.command]
+    overrides = _overrides(unknown, args.model, active)
+
+    from minbert.config import ConfigError, load_config
+    from minbert.data import DataError
+
+    try:
+        if args.command == "train":
+            config_path = resolve_config(args.config)
+            cfg = load_config(config_path, overrides)
+            out = Path(args.out or f"runs/{config_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+            from minbert.train import train
+
+            print(f"minbert: training {config_path} -> {out}", flush=True)
+            scores = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+            print_scores(scores)
+            print(f"run directory: {out}")
+        elif args.command in ("evaluate", "predict"):
+            from minbert.train import load_trained, predict_checkpoint
+
+            out = Path(args.out) if args.command == "predict" else None
+            scores = predict_checkpoint(args.checkpoint, overrides, out, progress=not args.no_progress)
+            print_scores(scores)
+            if out:
+                print(f"prediction files written to {out}")
+        elif args.command == "reproduce":
+            from minbert.reproduce import reproduce
+
+            reproduce(Path(args.out), args.models.split(","), overrides, progress=not args.no_progress)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+        print(f"minbert: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def print_scores(scores: dict) -> None:
+    names = [("sst", "SST accuracy"), ("para", "Paraphrase accuracy"), ("sts", "STS Pearson r"), ("overall", "Overall")]
+    print("dev scores")
+    for key, label in names:
+        if key in scores:
+            print(f"  {label:<22}{scores[key]:.4f}")
+    print(json.dumps(scores))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""Prediction, dev scores and the prediction files."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from minbert.data import sorted_batches
+from minbert.metrics import overall_score
+from minbert.multitask import EncodedTask, MultitaskBert
+from minbert.tasks import TASKS
+
+# Optional stand-in for the encoder: (task, split-name, indices) -> feature tuple. Used when
+# the encoder is frozen and its vectors are cached (see minbert.features).
+FeatureFn = Callable[[list[int]], tuple[torch.Tensor, ...]]
+
+
+@torch.inference_mode()
+def predict(
+    model: MultitaskBert,
+    task: str,
+    data: EncodedTask,
+    batch_size: int = 128,
+    features: FeatureFn | None = None,
+    device: torch.device | str = "cpu",
+) -> list:
+    """Predictions for every example of `data`, in input order. Batches are sorted by length
+    (less padding); the order is restored afterwards."""
+    spec = TASKS[task]
+    was_training = model.training
+    model.eval()
+    out: list = [None] * len(data)
+    try:
+        for indices in sorted_batches(data.lengths, batch_size):
+            if features is not None:
+                output = model.heads[task](*features(indices))
+            else:
+                output = model(task, data.batch(indices).to(device))
+            for i, p in zip(indices, spec.predict(output).float().cpu().tolist()):
+                out[i] = p
+    finally:
+        model.train(was_training)
+    return out
+
+
+def score(task: str, predictions: list, data: EncodedTask) -> float:
+    if data.labels is None:
+        raise ValueError(f"{task}: this split has no labels to score against")
+    return TASKS[task].metric(predictions, data.labels.tolist())
+
+
+def dev_scores(predictions: dict[str, list], dev: dict[str, EncodedTask]) -> dict[str, float]:
+    """{'sst', 'para', 'sts', 'overall'} from the three tasks' dev predictions."""
+    scores = {task: score(task, predictions[task], dev[task]) for task in ("sst", "para", "sts")}
+    scores["overall"] = overall_score(scores["sst"], scores["para"], scores["sts"])
+    return scores
+
+
+def write_predictions(path: Path, ids: list[str], predictions: list, task: str) -> None:
+    """CSV `id,prediction`, one row per input row in input order; written atomically."""
+    fmt = TASKS[task].format_prediction
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "prediction"])
+        writer.writerows((i, fmt(p)) for i, p in zip(ids, predictions))
+    os.replace(tmp, path)
+
+
+def prediction_path(out_dir: Path, task: str, split: str) -> Path:
+    return Path(out_dir) / f"{TASKS[task].output_prefix}-{split}-output.csv"

@@ -1,0 +1,224 @@
+"""The BERT encoder (Devlin et al. 2019), written top to bottom like the paper.
+
+Embeddings -> N x [self-attention -> add & LayerNorm -> feed-forward -> add & LayerNorm]
+-> pooler. Post-LN residuals as in the original Transformer/BERT. Parameter names are the
+Hugging Face checkpoint keys (`embeddings.word_embeddings.weight`,
+`encoder.layer.0.attention.self.query.weight`, ...) so that loading a checkpoint is a
+strict `load_state_dict`; `nn.ModuleDict` supplies the names where a class would only
+exist to carry one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class BertConfig:
+    """BERT hyper-parameters; field names are those of a checkpoint's config.json.
+
+    Defaults are bert-base-uncased.
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_act != "gelu":
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported (BERT uses exact 'gelu')")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "BertConfig":
+        """Read config.json, keeping the BERT fields and ignoring the rest (architectures, ...)."""
+        raw = json.loads(Path(path).read_text())
+        model_type = raw.get("model_type", "bert")
+        if model_type != "bert":
+            raise ValueError(f"{path}: model_type is {model_type!r}, not 'bert'")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+class Embeddings(nn.Module):
+    """Word + position + token-type embeddings, then LayerNorm and dropout (BERT sec. 3)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.shape[1]
+        positions = torch.arange(T, device=input_ids.device)  # (T,)
+        x = (
+            self.word_embeddings(input_ids)  # (B, T, H)
+            + self.position_embeddings(positions)  # (T, H), broadcast over B
+            + self.token_type_embeddings(token_type_ids)  # (B, T, H)
+        )
+        return self.dropout(self.LayerNorm(x))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head scaled dot-product attention through torch's SDPA (fused kernels where available)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, H = x.shape
+
+        def split_heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, T, d)
+
+        q, k, v = split_heads(self.query(x)), split_heads(self.key(x)), split_heads(self.value(x))
+        # attn_mask: (B, 1, 1, T) boolean, True where a key may be attended to.
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout_p if self.training else 0.0
+        )  # (B, heads, T, d)
+        return y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+
+
+class Layer(nn.Module):
+    """One Transformer encoder block with post-LN residuals:
+    x = LN(x + Dropout(W_o Attn(x)));  x = LN(x + Dropout(W_2 GELU(W_1 x))).
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        H, eps = config.hidden_size, config.layer_norm_eps
+        self.attention = nn.ModuleDict(
+            {
+                "self": SelfAttention(config),
+                "output": nn.ModuleDict({"dense": nn.Linear(H, H), "LayerNorm": nn.LayerNorm(H, eps=eps)}),
+            }
+        )
+        self.intermediate = nn.ModuleDict({"dense": nn.Linear(H, config.intermediate_size)})
+        self.output = nn.ModuleDict(
+            {"dense": nn.Linear(config.intermediate_size, H), "LayerNorm": nn.LayerNorm(H, eps=eps)}
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        attn, out = self.attention["output"], self.output
+        a = self.attention["self"](x, attn_mask)  # (B, T, H)
+        x = attn["LayerNorm"](x + self.dropout(attn["dense"](a)))
+        h = F.gelu(self.intermediate["dense"](x))  # exact erf GELU, (B, T, 4H)
+        x = out["LayerNorm"](x + self.dropout(out["dense"](h)))
+        return x
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x, attn_mask)
+        return x
+
+
+class Pooler(nn.Module):
+    """tanh(W h_[CLS] + b): BERT's sentence-level representation (sec. 3, NSP head input)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))  # (B, H)
+
+
+class BertModel(nn.Module):
+    """The encoder: returns (last hidden state (B, T, H), pooled [CLS] (B, H))."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.pooler = Pooler(config)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        # A (B, 1, 1, T) boolean mask broadcasts over heads and query positions. A batch
+        # without padding needs none, which lets SDPA pick its fastest kernel.
+        attn_mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            attn_mask = attention_mask.bool()[:, None, None, :]
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        x = self.encoder(x, attn_mask)  # (B, T, H)
+        return x, self.pooler(x)
+
+    @classmethod
+    def from_pretrained(cls, checkpoint_dir: str | Path | None = None) -> "BertModel":
+        from minbert.checkpoint import load_pretrained
+
+        return load_pretrained(checkpoint_dir)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of the token vectors that are not padding (Reimers and Gurevych 2019)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_token(config: BertConfig, seq_len: int) -> float:
+    """Forward matmul FLOPs per token (2 per multiply-add), attention scores included."""
+    H, L, I = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    per_layer = 2 * (4 * H * H + 2 * H * I) + 2 * 2 * seq_len * H
+    return L * per_layer + 2 * H * H / max(seq_len, 1)  # pooler once per sequence
+
+
+__all__ = ["BertConfig", "BertModel", "mean_pool", "param_count", "flops_per_token"]

@@ -1,0 +1,117 @@
+"""The multi-task model: one shared BERT encoder, one head per task, and tokenised task data.
+
+A batch of sentence pairs encoded siamese-style puts both sides through the encoder in one
+forward: the (2B, T) batch holds the B first sentences, then the B second ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from minbert.config import ModelConfig
+from minbert.data import Example, pad_batch
+from minbert.heads import CosineSimilarityHead, CrossPairHead, LinearClassifier, SentimentMLP, SiamesePairHead, SIMILARITY_SCALE
+from minbert.model import BertModel, mean_pool
+from minbert.tasks import SST_CLASSES, TaskSpec
+from minbert.tokenizer import WordPieceTokenizer
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (N, T); N = 2B for a siamese pair batch
+    attention_mask: torch.Tensor  # (N, T)
+    token_type_ids: torch.Tensor | None  # (N, T) for cross-encoded pairs
+    siamese: bool
+    labels: torch.Tensor | None  # (B,) or (B, ...) when labelled
+    indices: list[int]  # positions of the examples in their EncodedTask
+
+    def to(self, device: torch.device | str) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.input_ids), move(self.attention_mask), move(self.token_type_ids),
+                     self.siamese, move(self.labels), self.indices)  # fmt: skip
+
+
+class EncodedTask:
+    """One split of one task, tokenised once. Holds ids, token sequences and labels."""
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        examples: list[Example],
+        tokenizer: WordPieceTokenizer,
+        pair_encoding: str = "siamese",
+        max_length: int = 128,
+    ):
+        self.spec = spec
+        self.ids = [e.id for e in examples]
+        self.pad_id = tokenizer.pad_id
+        labelled = examples[0].label is not None
+        self.labels = torch.tensor([e.label for e in examples], dtype=spec.label_dtype) if labelled else None
+        self.siamese = spec.is_pair and pair_encoding == "siamese"
+        self.types: list[list[int]] | None = None
+        if not spec.is_pair:
+            self.sides = [tokenizer.encode([e.texts[0] for e in examples], max_length)]
+        elif self.siamese:
+            self.sides = [tokenizer.encode([e.texts[i] for e in examples], max_length) for i in (0, 1)]
+        else:
+            pairs = tokenizer.encode_pairs([e.texts[0] for e in examples], [e.texts[1] for e in examples], max_length)
+            self.sides = [[ids for ids, _ in pairs]]
+            self.types = [types for _, types in pairs]
+        # The padded length a batch of this example will need: what bucketing sorts on.
+        self.lengths = [max(len(side[i]) for side in self.sides) for i in range(len(self.ids))]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def side_batch(self, side: int, indices: list[int]) -> Batch:
+        """One side of the pairs alone (or the sentences / cross-encoded pairs), unlabelled."""
+        input_ids, mask = pad_batch([self.sides[side][i] for i in indices], self.pad_id)
+        token_type_ids = None
+        if self.types is not None:
+            token_type_ids, _ = pad_batch([self.types[i] for i in indices], 0)
+        return Batch(input_ids, mask, token_type_ids, False, None, indices)
+
+    def batch(self, indices: list[int]) -> Batch:
+        seqs = [side[i] for side in self.sides for i in indices]  # siamese: all a's, then all b's
+        input_ids, mask = pad_batch(seqs, self.pad_id)
+        token_type_ids = None
+        if self.types is not None:
+            token_type_ids, _ = pad_batch([self.types[i] for i in indices], 0)
+        labels = self.labels[indices] if self.labels is not None else None
+        return Batch(input_ids, mask, token_type_ids, self.siamese, labels, indices)
+
+
+def build_heads(cfg: ModelConfig, hidden: int) -> nn.ModuleDict:
+    """Heads by name, as the config chooses them (see ModelConfig for the choices)."""
+    p = cfg.head_dropout
+    sentiment = {"mlp": SentimentMLP, "linear": LinearClassifier}[cfg.sentiment_head](hidden, SST_CLASSES, p)
+    if cfg.pair_encoding == "cross":
+        para, sts = CrossPairHead(hidden, p), CrossPairHead(hidden, p, scale=SIMILARITY_SCALE)
+    else:
+        para = SiamesePairHead(hidden, p)
+        sts = CosineSimilarityHead() if cfg.similarity_head == "cosine" else SiamesePairHead(hidden, p, SIMILARITY_SCALE)
+    return nn.ModuleDict({"sst": sentiment, "para": para, "sts": sts})
+
+
+class MultitaskBert(nn.Module):
+    def __init__(self, bert: BertModel, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.bert = bert
+        self.heads = build_heads(cfg, bert.config.hidden_size)
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """One vector per input sequence: (N, H)."""
+        hidden, pooled = self.bert(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        return pooled if self.cfg.pooling == "cls" else mean_pool(hidden, batch.attention_mask)
+
+    @staticmethod
+    def split(vectors: torch.Tensor, siamese: bool) -> tuple[torch.Tensor, ...]:
+        """(2B, H) -> (u, v) for a siamese batch; (B, H) -> (u,) otherwise."""
+        return tuple(vectors.chunk(2)) if siamese else (vectors,)
+
+    def forward(self, task: str, batch: Batch) -> torch.Tensor:
+        return self.heads[task](*self.split(self.embed(batch), batch.siamese))

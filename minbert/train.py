@@ -1,0 +1,389 @@
+"""The training recipe: one plain function wiring the pieces in a fixed order.
+
+seed -> read and validate all data -> tokenizer and model -> for each phase: optimizer,
+schedule, epochs of sampled task batches, dev evaluation, checkpoints -> best checkpoint ->
+dev scores and the six prediction files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from minbert.checkpoint import load_pretrained, resolve_checkpoint_dir, save_atomic
+from minbert.config import PhaseConfig, RunConfig, load_config, save_config, to_dict
+from minbert.data import Example, length_bucketed_batches, resolve_data_dir
+from minbert.evaluation import dev_scores, predict, prediction_path, write_predictions
+from minbert.model import BertConfig, BertModel
+from minbert.multitask import EncodedTask, MultitaskBert
+from minbert.samplers import epoch_schedule
+from minbert.tasks import TASKS
+from minbert.tokenizer import WordPieceTokenizer
+
+ALL_TASKS = ("sst", "para", "sts")
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+
+
+def read_all(cfg: RunConfig, splits: dict[str, tuple[str, ...]]) -> dict[str, dict[str, list[Example]]]:
+    """Read and validate every file the run needs, before any model is built."""
+    data_dir = resolve_data_dir(cfg.data.dir)
+    out: dict[str, dict[str, list[Example]]] = {}
+    for split, tasks in splits.items():
+        out[split] = {}
+        for task in tasks:
+            result = TASKS[task].read(data_dir, split, cfg.data.skip_bad_rows)
+            if result.skipped:
+                print(f"{result.path}: skipped {result.skipped} bad row(s)")
+            examples = result.examples
+            cap = cfg.data.max_train_examples if split == "train" else cfg.data.max_eval_examples
+            if cap is not None and len(examples) > cap:
+                keep = sorted(random.Random(f"{cfg.train.seed}/{split}/{task}").sample(range(len(examples)), cap))
+                examples = [examples[i] for i in keep]
+            out[split][task] = examples
+    if cfg.data.sst_phrases and "sst" in out.get("train", {}):
+        from minbert.phrases import phrase_examples
+
+        out["train"]["sst"] = out["train"]["sst"] + phrase_examples(data_dir / "sst-trees-train.txt", out["train"]["sst"])
+    return out
+
+
+def needed_splits(cfg: RunConfig) -> dict[str, tuple[str, ...]]:
+    train_tasks = tuple(t for t in ALL_TASKS if any(t in p.tasks for p in cfg.train.phases))
+    splits = {"train": train_tasks, "dev": ALL_TASKS}
+    if cfg.train.predict_test:
+        splits["test"] = ALL_TASKS
+    return splits
+
+
+def encode_all(raw, tokenizer: WordPieceTokenizer, cfg: RunConfig) -> dict[str, dict[str, EncodedTask]]:
+    return {
+        split: {
+            task: EncodedTask(TASKS[task], examples, tokenizer, cfg.model.pair_encoding, cfg.model.max_length)
+            for task, examples in tasks.items()
+        }
+        for split, tasks in raw.items()
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Model, optimizer, schedule
+
+
+def build_model(cfg: RunConfig, bert_config: dict | None = None) -> tuple[MultitaskBert, WordPieceTokenizer]:
+    """Pretrained weights from cfg.model.checkpoint, or (bert_config given) a bare model whose
+    weights come from a minbert checkpoint next."""
+    ckpt_dir = resolve_checkpoint_dir(cfg.model.checkpoint)
+    tokenizer = WordPieceTokenizer(ckpt_dir / "vocab.txt")
+    bert = BertModel(BertConfig(**bert_config)) if bert_config else load_pretrained(ckpt_dir)
+    return MultitaskBert(bert, cfg.model), tokenizer
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """Depth of an encoder parameter: embeddings 0, layer i -> i + 1, pooler num_layers + 1."""
+    if name.startswith("bert.embeddings."):
+        return 0
+    if name.startswith("bert.encoder.layer."):
+        return int(name.split(".")[3]) + 1
+    return num_layers + 1
+
+
+def make_optimizer(model: MultitaskBert, phase: PhaseConfig, fused: bool) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not biases or LayerNorm gains); layer-wise lr decay
+    (Sun et al. 2019): lr_l = lr * decay^(L + 1 - l); heads at head_lr."""
+    L = model.bert.config.num_hidden_layers
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("heads."):
+            lr = phase.head_lr or phase.lr
+        else:
+            lr = phase.lr * phase.layer_lr_decay ** (L + 1 - layer_id(name, L))
+        wd = phase.weight_decay if p.dim() >= 2 else 0.0
+        groups.setdefault((lr, wd), []).append(p)
+    param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+    return torch.optim.AdamW(param_groups, fused=fused or None)
+
+
+def lr_lambda(phase: PhaseConfig, total_steps: int):
+    warmup = int(phase.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if phase.decay == "linear":
+            return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        return 1.0
+
+    return factor
+
+
+# ---------------------------------------------------------------------------------------
+# Batch streams: each task's training set, reshuffled (length-bucketed) at each pass.
+
+
+@dataclass
+class TaskStream:
+    task: str
+    passes: int = 0  # completed passes over the task's training set
+    position: int = 0  # next batch within the current pass
+    _batches: list[list[int]] | None = field(default=None, repr=False)
+
+    def next_indices(self, data: EncodedTask, batch_size: int, seed: int) -> list[int]:
+        if self._batches is None:
+            rng = random.Random(f"{seed}/{self.task}/pass{self.passes}")
+            self._batches = length_bucketed_batches(data.lengths, batch_size, rng)
+        indices = self._batches[self.position]
+        self.position += 1
+        if self.position == len(self._batches):
+            self.passes, self.position, self._batches = self.passes + 1, 0, None
+        return indices
+
+    def state(self) -> dict:
+        return {"passes": self.passes, "position": self.position}
+
+
+# ---------------------------------------------------------------------------------------
+# The recipe
+
+
+def train(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    stop_after_epochs: int | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Train as `cfg` says, writing everything into out_dir; returns the final dev scores.
+
+    `stop_after_epochs` stops (as an interruption would) after that many epochs of this
+    call; `resume=True` continues from out_dir/last.pt.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    set_seed(cfg.train.seed)
+
+    raw = read_all(cfg, needed_splits(cfg))  # fails here, before any long work, on bad data
+    model, tokenizer = build_model(cfg)
+    data = encode_all(raw, tokenizer, cfg)
+    model.to(device)
+    sizes = {t: len(d) for t, d in data["train"].items()}
+
+    state = {"phase": 0, "epoch": 0, "step": 0, "best": -math.inf, "history": [], "streams": {}}
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    resume_ckpt = None
+    if resume:
+        if not last_path.exists():
+            raise FileNotFoundError(f"{last_path}: nothing to resume from")
+        resume_ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
+        if resume_ckpt["config"] != to_dict(cfg):
+            raise ValueError(f"{last_path}: the run was started with a different config; resume needs the same one")
+        model.load_state_dict(resume_ckpt["model"])
+        state = resume_ckpt["state"]
+        _set_rng_state(resume_ckpt["rng"])
+    else:
+        save_config(cfg, out_dir / "config.yaml")
+        for name in ("steps.jsonl", "epochs.jsonl"):
+            (out_dir / name).unlink(missing_ok=True)
+    streams = {t: TaskStream(t, **state["streams"].get(t, {})) for t in sizes}
+    epochs_this_call = 0
+    started = time.time()
+
+    for phase_idx in range(state["phase"], len(cfg.train.phases)):
+        phase = cfg.train.phases[phase_idx]
+        frozen = phase.mode == "frozen"
+        model.bert.requires_grad_(not frozen)
+        schedules = [
+            epoch_schedule(phase.sampler, phase.tasks, sizes, cfg.train.batch_size, e, phase.epochs,
+                           phase.steps_per_epoch, cfg.train.seed + phase_idx)
+            for e in range(phase.epochs)
+        ]  # fmt: skip
+        total_steps = sum(len(s) for s in schedules)
+        optimizer = make_optimizer(model, phase, cfg.train.fused_adamw)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(phase, total_steps))
+        features = None
+        if frozen:
+            from minbert.features import FrozenFeatures
+
+            features = FrozenFeatures(model, data, cfg, device)
+        if resume_ckpt is not None and resume_ckpt["state"]["phase"] == phase_idx and state["epoch"] > 0:
+            optimizer.load_state_dict(resume_ckpt["optimizer"])
+            scheduler.load_state_dict(resume_ckpt["scheduler"])
+        resume_ckpt = None
+
+        for epoch in range(state["epoch"], phase.epochs):
+            model.train()
+            if frozen:
+                model.bert.eval()  # a frozen encoder runs without dropout, as its cached vectors do
+            losses = _run_epoch(model, phase, schedules[epoch], data["train"], streams, optimizer, scheduler,
+                                cfg, device, features, out_dir, state, progress,
+                                desc=f"{phase.name} {epoch + 1}/{phase.epochs}")  # fmt: skip
+            record = {"phase": phase.name, "phase_index": phase_idx, "epoch": epoch + 1, "step": state["step"],
+                      "train_loss": losses, "elapsed_s": round(time.time() - started, 1)}  # fmt: skip
+            if cfg.train.eval_every_epoch or (phase_idx == len(cfg.train.phases) - 1 and epoch == phase.epochs - 1):
+                scores = evaluate_dev(model, data["dev"], cfg, device, features)
+                record["dev"] = scores
+                if scores["overall"] > state["best"]:
+                    state["best"] = scores["overall"]
+                    save_atomic({"model": model.state_dict(), "config": to_dict(cfg),
+                                 "bert_config": vars(model.bert.config), "dev": scores}, best_path)  # fmt: skip
+                    record["best"] = True
+            state["history"].append(record)
+            with (out_dir / "epochs.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            print_epoch(record)
+            state["epoch"] = epoch + 1
+            state["streams"] = {t: s.state() for t, s in streams.items()}
+            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "state": state, "rng": _rng_state(),
+                         "config": to_dict(cfg)}, last_path)  # fmt: skip
+            epochs_this_call += 1
+            if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+                return {}
+        state["phase"], state["epoch"] = phase_idx + 1, 0
+    model.bert.requires_grad_(True)
+    return finish(model, data, cfg, out_dir, best_path, device, elapsed=time.time() - started)
+
+
+def _run_epoch(model, phase, schedule, train_data, streams, optimizer, scheduler, cfg, device, features,
+               out_dir, state, progress, desc) -> dict[str, float]:  # fmt: skip
+    """One epoch: a batch of the scheduled task, its loss back-propagated, an optimizer step."""
+    sums = {t: 0.0 for t in phase.tasks}
+    counts = {t: 0 for t in phase.tasks}
+    pending: list[tuple[int, str, torch.Tensor]] = []
+    log_path = out_dir / "steps.jsonl"
+
+    def flush() -> None:
+        # One host sync per flush, not per step: losses stay on the device until here.
+        if not pending:
+            return
+        values = torch.stack([l for _, _, l in pending]).tolist()
+        with log_path.open("a") as f:
+            for (step, task, _), v in zip(pending, values):
+                sums[task] += v
+                counts[task] += 1
+                f.write(json.dumps({"step": step, "task": task, "loss": round(v, 5),
+                                    "lr": scheduler.get_last_lr()[0]}) + "\n")  # fmt: skip
+        pending.clear()
+
+    for task in tqdm(schedule, desc=desc, disable=not progress, leave=False, mininterval=2.0):
+        indices = streams[task].next_indices(train_data[task], cfg.train.batch_size, cfg.train.seed)
+        spec = TASKS[task]
+        if features is not None:
+            labels = train_data[task].labels[indices].to(device)
+            output = model.heads[task](*features.train(task, indices))
+        else:
+            batch = train_data[task].batch(indices).to(device)
+            labels = batch.labels
+            output = model(task, batch)
+        loss = spec.loss(output, labels)
+        if loss.requires_grad:  # a parameter-free head on a frozen encoder has nothing to learn
+            loss.backward()
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        state["step"] += 1
+        pending.append((state["step"], task, loss.detach()))
+        if len(pending) >= 50:
+            flush()
+    flush()
+    return {t: round(sums[t] / counts[t], 5) for t in phase.tasks if counts[t]}
+
+
+def evaluate_dev(model, dev, cfg, device, features=None) -> dict[str, float]:
+    preds = {
+        task: predict(model, task, dev[task], cfg.train.eval_batch_size,
+                      features.split_fn("dev", task) if features else None, device)  # fmt: skip
+        for task in ALL_TASKS
+    }
+    return dev_scores(preds, dev)
+
+
+def finish(model, data, cfg, out_dir, best_path, device, elapsed: float) -> dict[str, float]:
+    """Reload the best checkpoint, score it on dev, write the prediction files and metrics.json."""
+    if best_path.exists():
+        model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["model"])
+    model.to(device)
+    scores = write_outputs(model, data, cfg, out_dir, device)
+    scores = {**scores, "train_wall_s": round(elapsed, 1)}
+    (out_dir / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
+    return scores
+
+
+def write_outputs(model, data, cfg, out_dir: Path, device) -> dict[str, float]:
+    """Dev predictions (scored) and, where loaded, test predictions, as the six CSV files."""
+    scores: dict[str, float] = {}
+    dev_preds = {}
+    for split in ("dev", "test"):
+        for task, encoded in data.get(split, {}).items():
+            preds = predict(model, task, encoded, cfg.train.eval_batch_size, device=device)
+            write_predictions(prediction_path(out_dir, task, split), encoded.ids, preds, task)
+            if split == "dev":
+                dev_preds[task] = preds
+    scores = dev_scores(dev_preds, data["dev"])
+    return {k: round(v, 4) for k, v in scores.items()}
+
+
+def print_epoch(record: dict) -> None:
+    dev = record.get("dev", {})
+    losses = " ".join(f"{t}={v:.3f}" for t, v in record["train_loss"].items())
+    cols = " ".join(f"{k} {dev[k]:.3f}" for k in ("sst", "para", "sts", "overall") if k in dev)
+    mark = " *best" if record.get("best") else ""
+    print(f"[{record['phase']} epoch {record['epoch']}] loss {losses} | dev {cols}{mark} | {record['elapsed_s']}s", flush=True)
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
+
+
+def _set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def load_trained(checkpoint_path: str | Path, overrides: list[str] = ()) -> tuple[MultitaskBert, WordPieceTokenizer, RunConfig]:
+    """A model saved by `train` (best.pt), with its config (overrides apply, e.g. data.dir)."""
+    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    cfg = load_config(None, overrides, base=ckpt["config"])
+    model, tokenizer = build_model(cfg, ckpt["bert_config"])
+    model.load_state_dict(ckpt["model"])
+    return model, tokenizer, cfg
+
+
+
+def predict_checkpoint(checkpoint_path, overrides=(), out_dir: Path | None = None, progress=True, device=None) -> dict:
+    """Dev scores of a saved model; with out_dir, also the six prediction files there."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, tokenizer, cfg = load_trained(checkpoint_path, list(overrides))
+    splits = {"dev": ALL_TASKS, **({"test": ALL_TASKS} if out_dir else {})}
+    data = encode_all(read_all(cfg, splits), tokenizer, cfg)
+    model.to(device)
+    if out_dir is None:
+        return {k: round(v, 4) for k, v in evaluate_dev(model, data["dev"], cfg, device).items()}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return write_outputs(model, data, cfg, Path(out_dir), device)
