@@ -1,0 +1,122 @@
+"""Shared pieces of the minbert-vs-reference benchmarks: options, the minbert side's setup,
+timing (with a device sync), the matmul peak and FLOP accounting.
+
+Not a script; train_throughput.py and predict_throughput.py import it (run them from the
+repository root or anywhere: Python puts this folder on sys.path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from minbert.config import RunConfig, load_config
+from minbert.data import resolve_data_dir
+from minbert.model import BertConfig, flops_per_token
+from minbert.multitask import MultitaskBert
+from minbert.tokenizer import WordPieceTokenizer
+from minbert.train import build_model
+
+REPO = Path(__file__).resolve().parent.parent
+MAIN_CONFIG = REPO / "configs" / "main.yaml"
+TASK_ORDER = ("sst", "para", "sts")  # round-robin order, as minbert's round_robin sampler
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None, help="data directory (default: ../shared/data, found)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: bf16 autocast on both sides")
+    parser.add_argument("--random-init-base", action="store_true",
+                        help="random-initialised bert-base-sized encoder on both sides instead of the checkpoint")
+    parser.add_argument("--only", choices=["minbert", "reference"], default=None, help="run one side only")
+
+
+def load_run_config(data_dir: str | None) -> RunConfig:
+    """configs/main.yaml, the recipe of the main training job, with the data directory resolved."""
+    cfg = load_config(MAIN_CONFIG)
+    cfg.data.dir = str(resolve_data_dir(data_dir))
+    return cfg
+
+
+def build_minbert(cfg: RunConfig, random_init_base: bool) -> tuple[MultitaskBert, WordPieceTokenizer]:
+    """minbert's own model builder: the embedded checkpoint, or a random bert-base (BertConfig() defaults)."""
+    return build_model(cfg, asdict(BertConfig()) if random_init_base else None)
+
+
+def autocast(device: str):
+    """bf16 autocast on CUDA (both sides alike); plain fp32 on the CPU."""
+    if device == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class Stopwatch:
+    """Sums the wall time of the `with watch:` blocks, synchronising the device at both ends."""
+
+    def __init__(self, device: str):
+        self.device, self.seconds = device, 0.0
+
+    def __enter__(self) -> "Stopwatch":
+        sync(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sync(self.device)
+        self.seconds += time.perf_counter() - self._start
+
+
+def matmul_peak(device: str, reps: int = 6) -> tuple[float, str]:
+    """Best-of-`reps` FLOP/s of one large square matmul, at the current thread count: fp32 2048^2
+    on the CPU, bf16 8192^2 on CUDA (the dtype that autocast runs the encoder's matmuls in)."""
+    n, dtype = (8192, torch.bfloat16) if device == "cuda" else (2048, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    torch.matmul(a, b)  # first call: allocation, kernel selection
+    best = float("inf")
+    for _ in range(reps):
+        with Stopwatch(device) as w:
+            torch.matmul(a, b)
+        best = min(best, w.seconds)
+    return 2 * n**3 / best, f"{str(dtype).removeprefix('torch.')} {n}x{n} matmul, best of {reps}"
+
+
+class TokenStats:
+    """Tokens and forward FLOPs of the encoder forwards of a run, from their attention masks.
+
+    model FLOPs: each sequence at its own (non-pad) length L: L * flops_per_token(config, L);
+    hardware FLOPs: what a padded (N, T) batch computes: N * T * flops_per_token(config, T).
+    flops_per_token counts matmuls only (encoder + pooler); the task heads are left out.
+    `config` may be minbert's or transformers' BertConfig (same field names).
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self.real_tokens = self.padded_tokens = 0
+        self.model_flops = self.hardware_flops = 0.0
+
+    def add(self, attention_mask: torch.Tensor) -> None:
+        N, T = attention_mask.shape
+        lengths = attention_mask.sum(1).tolist()
+        self.real_tokens += sum(lengths)
+        self.padded_tokens += N * T
+        self.model_flops += sum(L * flops_per_token(self.config, L) for L in lengths)
+        self.hardware_flops += N * T * flops_per_token(self.config, T)
+
+    @property
+    def pad_fraction(self) -> float:
+        return 1.0 - self.real_tokens / max(1, self.padded_tokens)
+
+
+def describe(device: str) -> str:
+    if device == "cuda":
+        return f"cuda ({torch.cuda.get_device_name()}), bf16 autocast"
+    return f"cpu, fp32, {torch.get_num_threads()} torch threads"

@@ -1,0 +1,159 @@
+"""Training throughput, minbert vs a plain Hugging Face loop, in examples per second.
+
+What: fine-tuning steps over the real task mix (round-robin sst, para, sts over the three
+shared training sets), batch size 32, for
+- minbert, on its own training path: `build_model` from configs/main.yaml, data tokenised once
+  up front by `encode_all`, length-bucketed batches from `TaskStream`, both sides of a pair in
+  one encoder forward, `make_optimizer(..., fused=True)`;
+- the reference in hf_reference.py: transformers.BertModel on the same checkpoint, the slow
+  BertTokenizer on every batch, random batches, one forward per pair side, plain AdamW.
+How: the two sides alternate step by step in one process (same machine, threads and
+background load); the first --warmup steps of each are not timed. Only the training loop is
+timed (the reference's loop includes its per-batch tokenising, as a user's would); minbert's
+up-front tokenisation is reported on its own line. An example is a sentence or a pair.
+MFU: training FLOP/s (3 x the forward FLOPs of minbert.model.flops_per_token; model FLOPs
+count non-pad tokens, hardware FLOPs the padded tokens computed) over the FLOP/s of a large
+matmul timed by this script at the same thread count.
+Run (from the repository root):
+    nice -n 10 python benchmarks/train_throughput.py [--steps 60] [--batch-size 32] [--warmup 6]
+        [--data-dir DIR] [--device cpu|cuda] [--random-init-base] [--only minbert|reference]
+The last line is `ratio: X`, minbert's examples/s over the reference's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import hf_reference
+from common import (TASK_ORDER, Stopwatch, TokenStats, add_common_args, autocast, build_minbert, describe,
+                    load_run_config, matmul_peak)  # fmt: skip
+from minbert.tasks import TASKS
+from minbert.train import TaskStream, encode_all, make_optimizer, read_all, set_seed
+
+
+class Side:
+    """One contestant: `step(task)` runs one training step and returns (examples, attention
+    masks of its encoder forwards, seconds spent tokenising)."""
+
+    name: str
+
+    def __init__(self, config, device: str):
+        self.device = device
+        self.watch = Stopwatch(device)
+        self.stats = TokenStats(config)
+        self.examples = 0
+        self.loop_tokenize_seconds = 0.0
+
+    def run_step(self, task: str, timed: bool) -> None:
+        if not timed:
+            self.step(task)
+            return
+        with self.watch:
+            n, masks, tok_seconds = self.step(task)
+        self.examples += n
+        self.loop_tokenize_seconds += tok_seconds
+        for mask in masks:
+            self.stats.add(mask.cpu())
+
+    @property
+    def rate(self) -> float:
+        return self.examples / self.watch.seconds
+
+
+class Minbert(Side):
+    name = "minbert"
+
+    def __init__(self, cfg, raw_train, args):
+        self.model, tokenizer = build_minbert(cfg, args.random_init_base)
+        super().__init__(self.model.bert.config, args.device)
+        start = time.perf_counter()
+        self.data = encode_all({"train": raw_train}, tokenizer, cfg)["train"]
+        self.upfront_tokenize_seconds = time.perf_counter() - start
+        self.model.to(args.device).train()
+        self.optimizer = make_optimizer(self.model, cfg.train.phases[0], fused=True)
+        self.streams = {t: TaskStream(t) for t in TASK_ORDER}
+        self.batch_size, self.seed = args.batch_size, cfg.train.seed
+
+    def step(self, task: str):
+        indices = self.streams[task].next_indices(self.data[task], self.batch_size, self.seed)
+        batch = self.data[task].batch(indices).to(self.device)
+        with autocast(self.device):
+            loss = TASKS[task].loss(self.model(task, batch), batch.labels)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return len(indices), [batch.attention_mask], 0.0
+
+
+class Reference(Side):
+    name = "reference"
+
+    def __init__(self, cfg, raw_train, args):
+        self.model, self.tokenizer = hf_reference.load_reference(cfg.model.head_dropout, args.random_init_base)
+        super().__init__(self.model.bert.config, args.device)
+        self.model.to(args.device).train()
+        self.optimizer = hf_reference.make_optimizer(self.model)
+        self.raw = raw_train
+        self.batches = {t: hf_reference.RandomBatches(len(raw_train[t]), args.batch_size, cfg.train.seed + i)
+                        for i, t in enumerate(TASK_ORDER)}  # fmt: skip
+
+    def step(self, task: str):
+        examples = [self.raw[task][i] for i in self.batches[task].next()]
+        masks, tok_seconds = hf_reference.train_step(
+            self.model, self.tokenizer, self.optimizer, task, examples, self.device
+        )
+        return len(examples), masks, tok_seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(parser)
+    parser.add_argument("--steps", type=int, default=60, help="timed steps (default 60: 20 rounds)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=6, help="untimed steps first (default 6)")
+    args = parser.parse_args()
+
+    cfg = load_run_config(args.data_dir)
+    set_seed(cfg.train.seed)
+    raw_train = read_all(cfg, {"train": TASK_ORDER})["train"]
+    kinds = [k for k in (Minbert, Reference) if args.only in (None, k.name)]
+    sides = [kind(cfg, raw_train, args) for kind in kinds]
+    peak, peak_how = matmul_peak(args.device)
+
+    for i in range(args.warmup + args.steps):
+        for side in sides:
+            side.run_step(TASK_ORDER[i % len(TASK_ORDER)], timed=i >= args.warmup)
+
+    config = sides[0].stats.config
+    encoder = "random bert-base" if args.random_init_base else "embedded checkpoint"
+    print(f"device: {describe(args.device)}")
+    print(f"encoder: {encoder}, {config.num_hidden_layers} layers, hidden {config.hidden_size}; batch size "
+          f"{args.batch_size}; {args.steps} timed steps round-robin {'/'.join(TASK_ORDER)} after {args.warmup} "
+          f"untimed; sides alternate step by step")  # fmt: skip
+    sizes = {t: len(raw_train[t]) for t in TASK_ORDER}
+    print(f"training sets: {sizes}")
+    print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s ({peak_how})")
+    for side in sides:
+        s = side.stats
+        print(f"{side.name}: {side.examples} examples in {side.watch.seconds:.2f} s = {side.rate:.2f} examples/s "
+              f"| tokens: {s.real_tokens} real, {s.padded_tokens} computed ({100 * s.pad_fraction:.1f}% padding)")
+        if isinstance(side, Minbert):
+            n = sum(len(d) for d in side.data.values())
+            print(f"  tokenisation, once up front (not in the timed loop): {side.upfront_tokenize_seconds:.2f} s "
+                  f"for all {n} training examples")
+        else:
+            print(f"  tokenisation inside the timed loop: {side.loop_tokenize_seconds:.2f} s")
+        model_rate, hw_rate = (3 * s.model_flops / side.watch.seconds, 3 * s.hardware_flops / side.watch.seconds)
+        print(f"  training FLOP/s (3 x forward): {model_rate / 1e9:.2f} G model (non-pad tokens), "
+              f"{hw_rate / 1e9:.2f} G hardware (padded tokens computed) = {100 * model_rate / peak:.1f}% / "
+              f"{100 * hw_rate / peak:.1f}% of the matmul peak")  # fmt: skip
+    if isinstance(sides[0], Minbert):
+        # MFU counts model FLOPs (non-pad tokens); the hardware share is on the minbert line above.
+        print(f"MFU: {100 * 3 * sides[0].stats.model_flops / sides[0].watch.seconds / peak:.1f}%")
+    if len(sides) == 2:
+        print(f"ratio: {sides[0].rate / sides[1].rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

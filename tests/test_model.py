@@ -1,0 +1,84 @@
+"""Our encoder against transformers.BertModel: same weights, same outputs."""
+
+import pytest
+import torch
+
+from minbert.checkpoint import load_pretrained
+from minbert.model import BertConfig, BertModel, mean_pool
+
+
+def padded_batch(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1000, vocab_size, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0  # padded rows
+    mask[2, 3:] = 0
+    ids[mask == 0] = 0
+    types = torch.zeros_like(ids)
+    types[0, 6:] = 1
+    return ids, mask, types
+
+
+def assert_parity(ours: BertModel, checkpoint_dir) -> None:
+    from transformers import BertModel as HFBert
+
+    theirs = HFBert.from_pretrained(str(checkpoint_dir), attn_implementation="eager").eval()
+    ours.eval()
+    ids, mask, types = padded_batch(ours.config.vocab_size)
+    with torch.no_grad():
+        hidden, pooled = ours(ids, mask, types)
+        ref = theirs(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    real = mask.bool()
+    torch.testing.assert_close(hidden[real], ref.last_hidden_state[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(pooled, ref.pooler_output, atol=1e-5, rtol=0)
+
+
+def test_parity_tiny_random_checkpoint(tiny_checkpoint):
+    assert_parity(load_pretrained(tiny_checkpoint), tiny_checkpoint)
+
+
+def test_parity_embedded_checkpoint(embedded_dir):
+    assert_parity(load_pretrained(embedded_dir), embedded_dir)
+
+
+def test_parameter_names_are_hugging_face_keys(tiny_checkpoint):
+    from safetensors.torch import load_file
+
+    ours = set(BertModel(BertConfig.from_json(tiny_checkpoint / "config.json")).state_dict())
+    theirs = set(load_file(str(tiny_checkpoint / "model.safetensors"))) - {"embeddings.position_ids"}
+    assert ours == theirs
+
+
+def test_padding_does_not_change_real_tokens(tiny_checkpoint):
+    model = load_pretrained(tiny_checkpoint).eval()
+    ids = torch.tensor([[101, 2023, 2003, 102]])
+    padded = torch.cat([ids, torch.zeros(1, 5, dtype=torch.long)], dim=1)
+    mask = (padded != 0).long()
+    with torch.no_grad():
+        h1, p1 = model(ids)
+        h2, p2 = model(padded, mask)
+    torch.testing.assert_close(h1[0], h2[0, :4], atol=1e-5, rtol=0)
+    torch.testing.assert_close(p1, p2, atol=1e-5, rtol=0)
+
+
+def test_dropout_active_only_in_training(tiny_checkpoint):
+    model = load_pretrained(tiny_checkpoint)
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    model.train()
+    assert not torch.equal(model(ids)[1], model(ids)[1])
+    model.eval()
+    assert torch.equal(model(ids)[1], model(ids)[1])
+
+
+def test_mean_pool_ignores_padding():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    torch.testing.assert_close(mean_pool(hidden, mask), torch.tensor([[2.0, 3.0]]))
+
+
+def test_config_rejects_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="multiple"):
+        BertConfig(hidden_size=30, num_attention_heads=4)
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(ValueError, match="gpt2"):
+        BertConfig.from_json(tmp_path / "config.json")

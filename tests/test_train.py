@@ -1,0 +1,122 @@
+"""End to end on a tiny random BERT and a 48-row slice of each data file: the loss falls, all
+six prediction files are written in the stated format, and resuming reproduces a run."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from minbert.cli import main as cli_main
+from minbert.config import load_config
+from minbert.train import train
+
+
+def tiny_config(tiny_checkpoint, small_data_dir, tmp_path, *extra):
+    return load_config(None, [
+        f"model.checkpoint={tiny_checkpoint}", f"data.dir={small_data_dir}", f"data.cache_dir={tmp_path / 'cache'}",
+        "train.batch_size=8", "train.eval_batch_size=16", "train.threads=1",
+        "train.phases=[{name: rr, tasks: [sst, para, sts], epochs: 2, lr: 2e-3},"
+        " {name: sst_only, tasks: [sst], epochs: 1, lr: 1e-3}]",
+        *extra,
+    ])  # fmt: skip
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_loss_falls(tiny_checkpoint, small_data_dir, tmp_path):
+    cfg = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.predict_test=false", "train.eval_every_epoch=false",
+                      "train.phases=[{tasks: [sst, para, sts], epochs: 12, lr: 3e-3}]")  # fmt: skip
+    train(cfg, tmp_path / "run", progress=False)
+    history = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()]
+    first, last = history[0]["train_loss"], history[-1]["train_loss"]
+    total = lambda losses: sum(losses.values())  # noqa: E731
+    assert total(last) < 0.8 * total(first), (first, last)
+
+
+def test_run_writes_everything_in_format(tiny_checkpoint, small_data_dir, tmp_path, data_dir):
+    out = tmp_path / "run"
+    scores = train(tiny_config(tiny_checkpoint, small_data_dir, tmp_path), out, progress=False)
+    assert {"config.yaml", "steps.jsonl", "epochs.jsonl", "best.pt", "last.pt", "metrics.json"} <= {p.name for p in out.iterdir()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"sst", "para", "sts", "overall"} <= set(metrics)
+    assert metrics["overall"] == pytest.approx((metrics["sst"] + metrics["para"] + (metrics["sts"] + 1) / 2) / 3, abs=2e-4)
+    assert scores["overall"] == metrics["overall"]
+    for task, source in [("sst", "ids-sst"), ("para", "quora"), ("sts", "sts")]:
+        for split, suffix in [("dev", "dev"), ("test", "test-student")]:
+            rows = read_csv(out / f"{task}-{split}-output.csv")
+            assert rows[0] == ["id", "prediction"]
+            inputs = read_csv_ids(small_data_dir / f"{source}-{suffix}.csv")
+            assert [r[0] for r in rows[1:]] == inputs  # one row per input row, input order
+            values = [r[1] for r in rows[1:]]
+            if task == "sst":
+                assert set(values) <= {"0", "1", "2", "3", "4"}
+            elif task == "para":
+                assert set(values) <= {"0", "1"}
+            else:
+                assert all(0.0 <= float(v) <= 5.0 for v in values)
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert [s["task"] for s in steps[:3]] == ["sst", "para", "sts"]
+
+
+def read_csv_ids(path):
+    with open(path, newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = next(reader)
+        return [row[header.index("id")] for row in reader]
+
+
+def test_resume_gives_the_same_result(tiny_checkpoint, small_data_dir, tmp_path):
+    cfg = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.predict_test=false")
+    full = train(cfg, tmp_path / "full", progress=False)
+    assert train(cfg, tmp_path / "cut", progress=False, stop_after_epochs=1) == {}  # stopped mid-phase
+    assert train(cfg, tmp_path / "cut", progress=False, resume=True, stop_after_epochs=1) == {}  # across phases
+    resumed = train(cfg, tmp_path / "cut", progress=False, resume=True)
+    assert {k: v for k, v in resumed.items() if k != "train_wall_s"} == {k: v for k, v in full.items() if k != "train_wall_s"}
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["model"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    assert (tmp_path / "full" / "steps.jsonl").read_text() == (tmp_path / "cut" / "steps.jsonl").read_text()
+
+
+def test_resume_refuses_a_different_config(tiny_checkpoint, small_data_dir, tmp_path):
+    cfg = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.predict_test=false")
+    train(cfg, tmp_path / "run", progress=False, stop_after_epochs=1)
+    other = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.predict_test=false", "train.seed=1")
+    with pytest.raises(ValueError, match="different config"):
+        train(other, tmp_path / "run", progress=False, resume=True)
+
+
+def test_bad_data_stops_before_training(tiny_checkpoint, small_data_dir, tmp_path):
+    bad = tmp_path / "bad_data"
+    bad.mkdir()
+    for f in small_data_dir.iterdir():
+        (bad / f.name).write_text(f.read_text())
+    (bad / "sts-dev.csv").write_text("\tid\tsentence1\tsentence2\tsimilarity\n0\ta\tx\ty\t9\n")
+    cfg = tiny_config(tiny_checkpoint, bad, tmp_path)
+    from minbert.data import DataError
+
+    with pytest.raises(DataError, match="sts-dev.csv:2: bad similarity"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_cli_train_evaluate_predict(tiny_checkpoint, small_data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--no-progress", f"--model={tiny_checkpoint}", f"--data.dir={small_data_dir}", "--train.batch_size=8",
+            "--train.phases=[{epochs: 1, lr: 1e-3}]"]  # fmt: skip
+    assert cli_main(["train", "--out", str(out), *args]) == 0
+    trained = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    assert cli_main(["evaluate", "--checkpoint", str(out / "best.pt"), "--no-progress", f"--data.dir={small_data_dir}"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["overall"] == pytest.approx(trained["overall"], abs=1e-4)
+    pred_dir = tmp_path / "pred"
+    assert cli_main(["predict", "--checkpoint", str(out / "best.pt"), "--out", str(pred_dir), f"--data.dir={small_data_dir}"]) == 0
+    for name in ("sst-dev-output.csv", "para-test-output.csv", "sts-test-output.csv"):
+        assert (pred_dir / name).read_text() == (out / name).read_text()
+    assert cli_main(["train", "--out", str(out), "--train.nope=1"]) == 2
