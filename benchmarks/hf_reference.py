@@ -49,7 +49,9 @@ class ReferenceModel(nn.Module):
         return self.heads[task](*pooled)
 
 
-def load_reference(head_dropout: float, random_init_base: bool = False) -> tuple[ReferenceModel, transformers.BertTokenizer]:
+def load_reference(
+    head_dropout: float, random_init_base: bool = False
+) -> tuple[ReferenceModel, transformers.BertTokenizer]:
     """The embedded checkpoint through transformers (or a random bert-base: transformers'
     BertConfig() defaults, the same vocabulary), and the slow tokenizer of its vocab.txt."""
     ckpt = default_checkpoint_dir()

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--config", help="YAML file or name in configs/ (default: main)")
     p_train.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
     p_train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p_train.add_argument("--init-from", help="a finished run whose phases this config continues (e.g. Model E after D)")
     p_eval = sub.add_parser("evaluate", help="dev scores of a saved checkpoint")
     p_pred = sub.add_parser("predict", help="write the six prediction files from a saved checkpoint")
     p_pred.add_argument("--out", required=True)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             from minbert.train import train
 
             print(f"minbert: training {config_path} -> {out}", flush=True)
-            scores = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+            scores = train(cfg, out, resume=args.resume, progress=not args.no_progress, init_from=args.init_from)
             print_scores(scores)
             print(f"run directory: {out}")
         elif args.command in ("evaluate", "predict"):

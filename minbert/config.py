@@ -50,6 +50,7 @@ class PhaseConfig:
     name: str = "multitask"
     tasks: list[str] = field(default_factory=lambda: ["sst", "para", "sts"])
     epochs: int = 1
+    full_epochs: int | None = None  # the epochs of the full (GPU) budget; used with train.budget=full
     lr: float = 1e-5
     head_lr: float | None = None  # None: same as lr
     mode: str = "finetune"  # "finetune" (all weights) or "frozen" (heads only)
@@ -74,6 +75,8 @@ class TrainConfig:
     fused_adamw: bool = True  # torch's fused AdamW kernel (CPU and CUDA)
     eval_every_epoch: bool = True
     predict_test: bool = True  # write the *-test-output.csv files at the end
+    budget: str = "cpu"  # "cpu": each phase's epochs; "full": its full_epochs where given
+    cache_features: bool = True  # frozen phases train the heads on cached encoder vectors
 
 
 @dataclass
@@ -199,6 +202,9 @@ def load_config(
     except TypeError as e:  # pragma: no cover - dataclass arity errors
         raise ConfigError(str(e)) from None
     validate(cfg)
+    if cfg.train.budget == "full":  # idempotent, so a saved config reloads to itself
+        for phase in cfg.train.phases:
+            phase.epochs = phase.full_epochs if phase.full_epochs is not None else phase.epochs
     return cfg
 
 
@@ -233,6 +239,8 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"train.phases.{i}.tasks: {phase.tasks} must be a non-empty subset of {TASK_NAMES}")
         if phase.epochs < 0 or phase.lr <= 0:
             raise ConfigError(f"train.phases.{i}: epochs must be >= 0 and lr > 0")
+    if cfg.train.budget not in ("cpu", "full"):
+        raise ConfigError(f"train.budget: {cfg.train.budget!r} is not one of ('cpu', 'full')")
     if cfg.model.similarity_head == "cosine" and cfg.model.pair_encoding == "cross":
         raise ConfigError("model.similarity_head 'cosine' needs model.pair_encoding 'siamese'")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,11 +172,14 @@ def train(
     stop_after_epochs: int | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    init_from: str | Path | None = None,
 ) -> dict[str, float]:
     """Train as `cfg` says, writing everything into out_dir; returns the final dev scores.
 
     `stop_after_epochs` stops (as an interruption would) after that many epochs of this
-    call; `resume=True` continues from out_dir/last.pt.
+    call; `resume=True` continues from out_dir/last.pt. `init_from` is a finished run whose
+    phases are the first phases of `cfg`: training continues from its end (the seed
+    report's Models E and F continue D) instead of repeating them.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -206,6 +210,8 @@ def train(
         save_config(cfg, out_dir / "config.yaml")
         for name in ("steps.jsonl", "epochs.jsonl"):
             (out_dir / name).unlink(missing_ok=True)
+        if init_from is not None:
+            state = _continue_from(Path(init_from), cfg, model, out_dir)
     streams = {t: TaskStream(t, **state["streams"].get(t, {})) for t in sizes}
     epochs_this_call = 0
     started = time.time()
@@ -223,7 +229,7 @@ def train(
         optimizer = make_optimizer(model, phase, cfg.train.fused_adamw)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(phase, total_steps))
         features = None
-        if frozen:
+        if frozen and cfg.train.cache_features:
             from minbert.features import FrozenFeatures
 
             features = FrozenFeatures(model, data, cfg, device)
@@ -254,6 +260,8 @@ def train(
                 f.write(json.dumps(record) + "\n")
             print_epoch(record)
             state["epoch"] = epoch + 1
+            if state["epoch"] == phase.epochs:  # the checkpoint of a finished phase points at the next
+                state["phase"], state["epoch"] = phase_idx + 1, 0
             state["streams"] = {t: s.state() for t, s in streams.items()}
             save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "state": state, "rng": _rng_state(),
@@ -261,7 +269,7 @@ def train(
             epochs_this_call += 1
             if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
                 return {}
-        state["phase"], state["epoch"] = phase_idx + 1, 0
+        state["phase"], state["epoch"] = phase_idx + 1, 0  # also for a phase of 0 epochs
     model.bert.requires_grad_(True)
     return finish(model, data, cfg, out_dir, best_path, device, elapsed=time.time() - started)
 
@@ -293,6 +301,12 @@ def _run_epoch(model, phase, schedule, train_data, streams, optimizer, scheduler
         if features is not None:
             labels = train_data[task].labels[indices].to(device)
             output = model.heads[task](*features.train(task, indices))
+        elif phase.mode == "frozen":  # the uncached path: encode this batch, no encoder gradients
+            batch = train_data[task].batch(indices).to(device)
+            labels = batch.labels
+            with torch.no_grad():
+                vectors = model.embed(batch)
+            output = model.heads[task](*model.split(vectors, batch.siamese))
         else:
             batch = train_data[task].batch(indices).to(device)
             labels = batch.labels
@@ -351,6 +365,29 @@ def print_epoch(record: dict) -> None:
     cols = " ".join(f"{k} {dev[k]:.3f}" for k in ("sst", "para", "sts", "overall") if k in dev)
     mark = " *best" if record.get("best") else ""
     print(f"[{record['phase']} epoch {record['epoch']}] loss {losses} | dev {cols}{mark} | {record['elapsed_s']}s", flush=True)
+
+
+def _continue_from(init_dir: Path, cfg: RunConfig, model: MultitaskBert, out_dir: Path) -> dict:
+    """Load a finished run whose phases are a prefix of cfg's; return the state to go on from."""
+    ckpt = torch.load(init_dir / "last.pt", map_location="cpu", weights_only=False)
+    done = ckpt["config"]["train"]["phases"]
+    ours = to_dict(cfg)
+    if ckpt["state"]["phase"] != len(done):
+        raise ValueError(f"{init_dir}: that run has not finished its phases; resume it first")
+    same = {k: v for k, v in ckpt["config"]["train"].items() if k != "phases"} == {
+        k: v for k, v in ours["train"].items() if k != "phases"
+    }
+    if ours["train"]["phases"][: len(done)] != done or ckpt["config"]["model"] != ours["model"] or not same \
+            or ckpt["config"]["data"] != ours["data"]:  # fmt: skip
+        raise ValueError(f"{init_dir}: its config is not the first {len(done)} phase(s) of this one")
+    model.load_state_dict(ckpt["model"])
+    _set_rng_state(ckpt["rng"])
+    if (init_dir / "best.pt").exists():
+        shutil.copyfile(init_dir / "best.pt", out_dir / "best.pt")
+    for name in ("steps.jsonl", "epochs.jsonl"):
+        if (init_dir / name).exists():
+            shutil.copyfile(init_dir / name, out_dir / name)
+    return ckpt["state"]
 
 
 def _rng_state() -> dict:
