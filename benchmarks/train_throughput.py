@@ -130,7 +130,7 @@ def main() -> None:
     print(f"device: {describe(args.device)}")
     print(f"encoder: {encoder}, {config.num_hidden_layers} layers, hidden {config.hidden_size}; batch size "
           f"{args.batch_size}; {args.steps} timed steps round-robin {'/'.join(TASK_ORDER)} after {args.warmup} "
-          f"untimed; sides alternate step by step")  # fmt: skip
+          f"untimed{'; the two sides alternate step by step' if len(sides) == 2 else ''}")  # fmt: skip
     sizes = {t: len(raw_train[t]) for t in TASK_ORDER}
     print(f"training sets: {sizes}")
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s ({peak_how})")
