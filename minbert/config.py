@@ -53,7 +53,7 @@ class PhaseConfig:
     full_epochs: int | None = None  # the epochs of the full (GPU) budget; used with train.budget=full
     lr: float = 1e-5
     head_lr: float | None = None  # None: same as lr
-    mode: str = "finetune"  # "finetune" (all weights) or "frozen" (heads only)
+    mode: str = "finetune"  # "finetune" (all weights), "frozen" (heads only), "mlm" (masked-LM on the tasks' train sentences)
     sampler: str = "round_robin"  # "round_robin", "proportional" or "annealed"
     # Steps (batches) per epoch. None: round-robin visits the smallest task's training set
     # once per epoch (one batch of each task per round); a single-task phase passes over its
@@ -77,6 +77,7 @@ class TrainConfig:
     predict_test: bool = True  # write the *-test-output.csv files at the end
     budget: str = "cpu"  # "cpu": each phase's epochs; "full": its full_epochs where given
     cache_features: bool = True  # frozen phases train the heads on cached encoder vectors
+    sts_loss: str = "mse"  # "mse", "cosent" (Su 2022) or "mse+cosent"
 
 
 @dataclass
@@ -215,7 +216,7 @@ CHOICES = {
     "model.similarity_head": ("pair", "cosine"),
 }
 PHASE_CHOICES = {
-    "mode": ("finetune", "frozen"),
+    "mode": ("finetune", "frozen", "mlm"),
     "sampler": ("round_robin", "proportional", "annealed"),
     "decay": ("constant", "linear"),
 }
@@ -239,6 +240,8 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"train.phases.{i}.tasks: {phase.tasks} must be a non-empty subset of {TASK_NAMES}")
         if phase.epochs < 0 or phase.lr <= 0:
             raise ConfigError(f"train.phases.{i}: epochs must be >= 0 and lr > 0")
+    if cfg.train.sts_loss not in ("mse", "cosent", "mse+cosent"):
+        raise ConfigError(f"train.sts_loss: {cfg.train.sts_loss!r} is not one of ('mse', 'cosent', 'mse+cosent')")
     if cfg.train.budget not in ("cpu", "full"):
         raise ConfigError(f"train.budget: {cfg.train.budget!r} is not one of ('cpu', 'full')")
     if cfg.model.similarity_head == "cosine" and cfg.model.pair_encoding == "cross":

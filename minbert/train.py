@@ -105,12 +105,13 @@ def layer_id(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def make_optimizer(model: MultitaskBert, phase: PhaseConfig, fused: bool) -> torch.optim.AdamW:
+def make_optimizer(model: MultitaskBert, phase: PhaseConfig, fused: bool, extra: torch.nn.Module | None = None) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only (not biases or LayerNorm gains); layer-wise lr decay
     (Sun et al. 2019): lr_l = lr * decay^(L + 1 - l); heads at head_lr."""
     L = model.bert.config.num_hidden_layers
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
+    named = list(model.named_parameters()) + ([("heads.mlm." + n, p) for n, p in extra.named_parameters()] if extra else [])
+    for name, p in named:
         if not p.requires_grad:
             continue
         if name.startswith("heads."):
@@ -192,6 +193,14 @@ def train(
     model, tokenizer = build_model(cfg)
     data = encode_all(raw, tokenizer, cfg)
     model.to(device)
+    mlm_tasks = sorted({t for p in cfg.train.phases if p.mode == "mlm" for t in p.tasks})
+    if mlm_tasks:
+        from minbert.mlm import MaskedLMTask
+
+        data["train"]["mlm"] = MaskedLMTask([data["train"][t] for t in mlm_tasks], model.bert,
+                                            tokenizer.mask_id, tokenizer.pad_id)  # fmt: skip
+        data["train"]["mlm"].head.to(device)
+    mlm_head = data["train"]["mlm"].head if mlm_tasks else None
     sizes = {t: len(d) for t, d in data["train"].items()}
 
     state = {"phase": 0, "epoch": 0, "step": 0, "best": -math.inf, "history": [], "streams": {}}
@@ -204,6 +213,8 @@ def train(
         if resume_ckpt["config"] != to_dict(cfg):
             raise ValueError(f"{last_path}: the run was started with a different config; resume needs the same one")
         model.load_state_dict(resume_ckpt["model"])
+        if mlm_head is not None:
+            mlm_head.load_state_dict(resume_ckpt["mlm_head"])
         state = resume_ckpt["state"]
         _set_rng_state(resume_ckpt["rng"])
     else:
@@ -220,13 +231,14 @@ def train(
         phase = cfg.train.phases[phase_idx]
         frozen = phase.mode == "frozen"
         model.bert.requires_grad_(not frozen)
+        tasks = ["mlm"] if phase.mode == "mlm" else phase.tasks
         schedules = [
-            epoch_schedule(phase.sampler, phase.tasks, sizes, cfg.train.batch_size, e, phase.epochs,
+            epoch_schedule(phase.sampler, tasks, sizes, cfg.train.batch_size, e, phase.epochs,
                            phase.steps_per_epoch, cfg.train.seed + phase_idx)
             for e in range(phase.epochs)
         ]  # fmt: skip
         total_steps = sum(len(s) for s in schedules)
-        optimizer = make_optimizer(model, phase, cfg.train.fused_adamw)
+        optimizer = make_optimizer(model, phase, cfg.train.fused_adamw, mlm_head if phase.mode == "mlm" else None)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(phase, total_steps))
         features = None
         if frozen and cfg.train.cache_features:
@@ -265,7 +277,8 @@ def train(
             state["streams"] = {t: s.state() for t, s in streams.items()}
             save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "state": state, "rng": _rng_state(),
-                         "config": to_dict(cfg)}, last_path)  # fmt: skip
+                         "config": to_dict(cfg), "mlm_head": mlm_head.state_dict() if mlm_head else None},
+                        last_path)  # fmt: skip
             epochs_this_call += 1
             if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
                 return {}
@@ -277,8 +290,8 @@ def train(
 def _run_epoch(model, phase, schedule, train_data, streams, optimizer, scheduler, cfg, device, features,
                out_dir, state, progress, desc) -> dict[str, float]:  # fmt: skip
     """One epoch: a batch of the scheduled task, its loss back-propagated, an optimizer step."""
-    sums = {t: 0.0 for t in phase.tasks}
-    counts = {t: 0 for t in phase.tasks}
+    sums = {t: 0.0 for t in set(schedule)}
+    counts = {t: 0 for t in set(schedule)}
     pending: list[tuple[int, str, torch.Tensor]] = []
     log_path = out_dir / "steps.jsonl"
 
@@ -297,21 +310,7 @@ def _run_epoch(model, phase, schedule, train_data, streams, optimizer, scheduler
 
     for task in tqdm(schedule, desc=desc, disable=not progress, leave=False, mininterval=2.0):
         indices = streams[task].next_indices(train_data[task], cfg.train.batch_size, cfg.train.seed)
-        spec = TASKS[task]
-        if features is not None:
-            labels = train_data[task].labels[indices].to(device)
-            output = model.heads[task](*features.train(task, indices))
-        elif phase.mode == "frozen":  # the uncached path: encode this batch, no encoder gradients
-            batch = train_data[task].batch(indices).to(device)
-            labels = batch.labels
-            with torch.no_grad():
-                vectors = model.embed(batch)
-            output = model.heads[task](*model.split(vectors, batch.siamese))
-        else:
-            batch = train_data[task].batch(indices).to(device)
-            labels = batch.labels
-            output = model(task, batch)
-        loss = spec.loss(output, labels)
+        loss = _step_loss(model, task, indices, train_data[task], phase, features, cfg, device)
         if loss.requires_grad:  # a parameter-free head on a frozen encoder has nothing to learn
             loss.backward()
             optimizer.step()
@@ -322,7 +321,44 @@ def _run_epoch(model, phase, schedule, train_data, streams, optimizer, scheduler
         if len(pending) >= 50:
             flush()
     flush()
-    return {t: round(sums[t] / counts[t], 5) for t in phase.tasks if counts[t]}
+    return {t: round(sums[t] / counts[t], 5) for t in sorted(sums) if counts[t]}
+
+
+def _step_loss(model, task, indices, data, phase, features, cfg, device) -> torch.Tensor:
+    """The loss of one batch: MLM, heads on cached vectors, heads on a frozen encoder, or all."""
+    if task == "mlm":
+        return data.loss(model.bert, indices, device)
+    if features is not None:
+        labels = data.labels[indices].to(device)
+        output = model.heads[task](*features.train(task, indices))
+    elif phase.mode == "frozen":  # the uncached path: encode this batch, no encoder gradients
+        batch = data.batch(indices).to(device)
+        labels = batch.labels
+        with torch.no_grad():
+            vectors = model.embed(batch)
+        output = model.heads[task](*model.split(vectors, batch.siamese))
+    else:
+        batch = data.batch(indices).to(device)
+        labels = batch.labels
+        output = model(task, batch)
+    return task_loss(task, output, labels, cfg.train.sts_loss)
+
+
+def cosent_loss(scores: torch.Tensor, labels: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+    """CoSENT (Su 2022): log(1 + sum over pairs with y_i > y_j of exp(scale (s_j - s_i))).
+    A ranking loss on the predicted similarities, here on scores / 5 in [0, 1]."""
+    s = scores / 5.0
+    diff = scale * (s[None, :] - s[:, None])  # (B, B): s_j - s_i at [i, j]
+    diff = diff.masked_fill(~(labels[:, None] > labels[None, :]), float("-inf"))
+    return torch.logsumexp(torch.cat([torch.zeros(1, device=s.device, dtype=s.dtype), diff.flatten()]), dim=0)
+
+
+def task_loss(task: str, output: torch.Tensor, labels: torch.Tensor, sts_loss: str = "mse") -> torch.Tensor:
+    loss = TASKS[task].loss(output, labels)
+    if task == "sts" and sts_loss != "mse":
+        cosent = cosent_loss(output, labels)
+        loss = cosent if sts_loss == "cosent" else loss + cosent
+    return loss
 
 
 def evaluate_dev(model, dev, cfg, device, features=None) -> dict[str, float]:

@@ -60,4 +60,6 @@ def small_data_dir(tmp_path_factory, data_dir) -> Path:
     for name in DATA_FILES:
         lines = (data_dir / name).read_text(encoding="utf-8").splitlines(keepends=True)
         (out / name).write_text("".join(lines[:49]), encoding="utf-8")
+    trees = (data_dir / "sst-trees-train.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+    (out / "sst-trees-train.txt").write_text("".join(trees[:48]), encoding="utf-8")
     return out

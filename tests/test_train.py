@@ -120,3 +120,20 @@ def test_cli_train_evaluate_predict(tiny_checkpoint, small_data_dir, tmp_path, c
     for name in ("sst-dev-output.csv", "para-test-output.csv", "sts-test-output.csv"):
         assert (pred_dir / name).read_text() == (out / name).read_text()
     assert cli_main(["train", "--out", str(out), "--train.nope=1"]) == 2
+
+
+def test_beyond_seed_switches_together(tiny_checkpoint, small_data_dir, tmp_path):
+    """MLM pre-training, cross-encoded pairs, mean pooling, SST phrases, annealed sampling,
+    warm-up and decay, layer-wise lr decay, head lr and CoSENT in one run; then resume."""
+    cfg = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.predict_test=false",
+        "model.pair_encoding=cross", "model.pooling=mean", "data.sst_phrases=true", "train.sts_loss=mse+cosent",
+        "train.phases=[{name: mlm, tasks: [sst, para, sts], mode: mlm, epochs: 1, steps_per_epoch: 6, lr: 1e-3},"
+        " {name: multi, sampler: annealed, epochs: 2, steps_per_epoch: 12, lr: 1e-3, head_lr: 3e-3,"
+        "  warmup_ratio: 0.2, decay: linear, layer_lr_decay: 0.8}]")  # fmt: skip
+    full = train(cfg, tmp_path / "full", progress=False)
+    steps = [json.loads(l) for l in (tmp_path / "full" / "steps.jsonl").read_text().splitlines()]
+    assert [s["task"] for s in steps[:6]] == ["mlm"] * 6 and len(steps) == 6 + 24
+    assert steps[-1]["lr"] < steps[10]["lr"]  # decayed
+    train(cfg, tmp_path / "cut", progress=False, stop_after_epochs=1)  # after the MLM phase
+    resumed = train(cfg, tmp_path / "cut", progress=False, resume=True)
+    assert {k: resumed[k] for k in ("sst", "para", "sts")} == {k: full[k] for k in ("sst", "para", "sts")}

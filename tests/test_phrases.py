@@ -1,0 +1,39 @@
+import pytest
+
+from minbert.data import DataError, Example
+from minbert.phrases import parse_tree, phrase_examples, phrases
+
+
+def test_phrase_spans_and_labels():
+    tree = parse_tree("(3 (2 The) (4 (3 very) (4 good) (2 film)))\n")
+    assert phrases(tree) == [
+        ("The very good film", 3), ("The", 2), ("very good film", 4), ("very", 3), ("good", 4), ("film", 2),
+    ]  # fmt: skip
+
+
+def test_words_with_no_break_space_stay_whole():
+    assert phrases(parse_tree("(2 (2 8\xa01\\/2) (2 .))")) == [("8\xa01\\/2 .", 2), ("8\xa01\\/2", 2), (".", 2)]
+
+
+def test_phrase_examples_skip_known_sentences_and_duplicates(tmp_path):
+    f = tmp_path / "trees.txt"
+    f.write_text("(3 (2 a) (4 (3 b) (2 a)))\n(1 (2 a) (0 c))\n")
+    got = phrase_examples(f, [Example("s1", ("a b a",), 3)])
+    assert [(e.texts[0], e.label) for e in got] == [("a", 2), ("b a", 4), ("b", 3), ("a c", 1), ("c", 0)]
+
+
+def test_bad_tree_names_file_and_line(tmp_path):
+    f = tmp_path / "trees.txt"
+    f.write_text("(3 (2 a) (2 b))\n(9 (2 a))\n")
+    with pytest.raises(DataError, match=r"trees.txt:2: bad tree: label 9"):
+        phrase_examples(f, [])
+
+
+def test_shared_training_trees(data_dir):
+    from minbert.tasks import TASKS
+
+    sentences = TASKS["sst"].read(data_dir, "train").examples
+    extra = phrase_examples(data_dir / "sst-trees-train.txt", sentences)
+    assert len(extra) > 100_000
+    assert {e.label for e in extra} == {0, 1, 2, 3, 4}
+    assert not {e.texts[0] for e in extra} & {e.texts[0] for e in sentences}
