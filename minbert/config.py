@@ -78,6 +78,8 @@ class TrainConfig:
     budget: str = "cpu"  # "cpu": each phase's epochs; "full": its full_epochs where given
     cache_features: bool = True  # frozen phases train the heads on cached encoder vectors
     sts_loss: str = "mse"  # "mse", "cosent" (Su 2022) or "mse+cosent"
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16"
+    compile: bool = False  # torch.compile the encoder (dynamic shapes: batches vary in length)
 
 
 @dataclass
@@ -242,6 +244,8 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"train.phases.{i}: epochs must be >= 0 and lr > 0")
     if cfg.train.sts_loss not in ("mse", "cosent", "mse+cosent"):
         raise ConfigError(f"train.sts_loss: {cfg.train.sts_loss!r} is not one of ('mse', 'cosent', 'mse+cosent')")
+    if cfg.train.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"train.precision: {cfg.train.precision!r} is not one of ('auto', 'fp32', 'bf16')")
     if cfg.train.budget not in ("cpu", "full"):
         raise ConfigError(f"train.budget: {cfg.train.budget!r} is not one of ('cpu', 'full')")
     if cfg.model.similarity_head == "cosine" and cfg.model.pair_encoding == "cross":

@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from minbert import distributed
 from minbert.data import sorted_batches
 from minbert.metrics import overall_score
 from minbert.multitask import EncodedTask, MultitaskBert
@@ -27,24 +28,27 @@ def predict(
     batch_size: int = 128,
     features: FeatureFn | None = None,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> list:
     """Predictions for every example of `data`, in input order. Batches are sorted by length
     (less padding); the order is restored afterwards."""
     spec = TASKS[task]
     was_training = model.training
     model.eval()
-    out: list = [None] * len(data)
+    out: dict[int, float] = {}
+    device = torch.device(device)
     try:
-        for indices in sorted_batches(data.lengths, batch_size):
-            if features is not None:
-                output = model.heads[task](*features(indices))
-            else:
-                output = model(task, data.batch(indices).to(device))
-            for i, p in zip(indices, spec.predict(output).float().cpu().tolist()):
-                out[i] = p
+        # Under several processes each rank predicts every world-th batch; all are gathered.
+        for indices in sorted_batches(data.lengths, batch_size)[distributed.rank() :: distributed.world_size()]:
+            with distributed.autocast(device, precision):
+                if features is not None:
+                    output = model(task, features=features(indices))
+                else:
+                    output = model(task, data.batch(indices).to(device))
+            out.update(zip(indices, spec.predict(output.float()).float().cpu().tolist()))
     finally:
         model.train(was_training)
-    return out
+    return distributed.gather_predictions(out, len(data))
 
 
 def score(task: str, predictions: list, data: EncodedTask) -> float:

@@ -29,7 +29,13 @@ class Batch:
     indices: list[int]  # positions of the examples in their EncodedTask
 
     def to(self, device: torch.device | str) -> "Batch":
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        pin = torch.device(device).type == "cuda"  # pinned host memory: asynchronous copies
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            return (t.pin_memory() if pin else t).to(device, non_blocking=True)
+
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.token_type_ids),
                      self.siamese, move(self.labels), self.indices)  # fmt: skip
 
@@ -113,5 +119,20 @@ class MultitaskBert(nn.Module):
         """(2B, H) -> (u, v) for a siamese batch; (B, H) -> (u,) otherwise."""
         return tuple(vectors.chunk(2)) if siamese else (vectors,)
 
-    def forward(self, task: str, batch: Batch) -> torch.Tensor:
-        return self.heads[task](*self.split(self.embed(batch), batch.siamese))
+    def forward(
+        self,
+        task: str,
+        batch: Batch | None = None,
+        features: tuple[torch.Tensor, ...] | None = None,
+        frozen_encoder: bool = False,
+    ) -> torch.Tensor:
+        """The task head's output for a batch, or for cached encoder vectors (`features`).
+        Every training path goes through here, so DistributedDataParallel sees it."""
+        if features is None:
+            if frozen_encoder:
+                with torch.no_grad():
+                    vectors = self.embed(batch)
+            else:
+                vectors = self.embed(batch)
+            features = self.split(vectors, batch.siamese)
+        return self.heads[task](*features)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from minbert import distributed
 from minbert.checkpoint import load_pretrained, resolve_checkpoint_dir, save_atomic
 from minbert.config import PhaseConfig, RunConfig, load_config, save_config, to_dict
 from minbert.data import Example, length_bucketed_batches, resolve_data_dir
@@ -183,8 +185,13 @@ def train(
     report's Models E and F continue D) instead of repeating them.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _, world = distributed.init()
+    main = distributed.is_main()
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device) if device else distributed.default_device()
+    if world > 1 and any(p.mode == "mlm" for p in cfg.train.phases):
+        raise ValueError("MLM phases run in one process; start them without torchrun")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     set_seed(cfg.train.seed)
@@ -193,6 +200,10 @@ def train(
     model, tokenizer = build_model(cfg)
     data = encode_all(raw, tokenizer, cfg)
     model.to(device)
+    if cfg.train.compile:
+        model.bert.compile(dynamic=True)  # in place: parameter names stay checkpoint keys
+    # DDP: unused heads (one task per step) are expected, hence find_unused_parameters.
+    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     mlm_tasks = sorted({t for p in cfg.train.phases if p.mode == "mlm" for t in p.tasks})
     if mlm_tasks:
         from minbert.mlm import MaskedLMTask
@@ -218,9 +229,11 @@ def train(
         state = resume_ckpt["state"]
         _set_rng_state(resume_ckpt["rng"])
     else:
-        save_config(cfg, out_dir / "config.yaml")
-        for name in ("steps.jsonl", "epochs.jsonl"):
-            (out_dir / name).unlink(missing_ok=True)
+        if main:
+            save_config(cfg, out_dir / "config.yaml")
+            for name in ("steps.jsonl", "epochs.jsonl"):
+                (out_dir / name).unlink(missing_ok=True)
+        distributed.barrier()
         if init_from is not None:
             state = _continue_from(Path(init_from), cfg, model, out_dir)
     streams = {t: TaskStream(t, **state["streams"].get(t, {})) for t in sizes}
@@ -254,7 +267,7 @@ def train(
             model.train()
             if frozen:
                 model.bert.eval()  # a frozen encoder runs without dropout, as its cached vectors do
-            losses = _run_epoch(model, phase, schedules[epoch], data["train"], streams, optimizer, scheduler,
+            losses = _run_epoch(net, phase, schedules[epoch], data["train"], streams, optimizer, scheduler,
                                 cfg, device, features, out_dir, state, progress,
                                 desc=f"{phase.name} {epoch + 1}/{phase.epochs}")  # fmt: skip
             record = {"phase": phase.name, "phase_index": phase_idx, "epoch": epoch + 1, "step": state["step"],
@@ -264,43 +277,49 @@ def train(
                 record["dev"] = scores
                 if scores["overall"] > state["best"]:
                     state["best"] = scores["overall"]
-                    save_atomic({"model": model.state_dict(), "config": to_dict(cfg),
-                                 "bert_config": vars(model.bert.config), "dev": scores}, best_path)  # fmt: skip
                     record["best"] = True
+                    if main:
+                        save_atomic({"model": model.state_dict(), "config": to_dict(cfg),
+                                     "bert_config": vars(model.bert.config), "dev": scores}, best_path)  # fmt: skip
             state["history"].append(record)
-            with (out_dir / "epochs.jsonl").open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            print_epoch(record)
+            if main:
+                with (out_dir / "epochs.jsonl").open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print_epoch(record)
             state["epoch"] = epoch + 1
             if state["epoch"] == phase.epochs:  # the checkpoint of a finished phase points at the next
                 state["phase"], state["epoch"] = phase_idx + 1, 0
             state["streams"] = {t: s.state() for t, s in streams.items()}
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "state": state, "rng": _rng_state(),
-                         "config": to_dict(cfg), "mlm_head": mlm_head.state_dict() if mlm_head else None},
-                        last_path)  # fmt: skip
+            if main:
+                save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "state": state, "rng": _rng_state(),
+                             "config": to_dict(cfg), "mlm_head": mlm_head.state_dict() if mlm_head else None},
+                            last_path)  # fmt: skip
+            distributed.barrier()
             epochs_this_call += 1
             if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
                 return {}
         state["phase"], state["epoch"] = phase_idx + 1, 0  # also for a phase of 0 epochs
     model.bert.requires_grad_(True)
+    distributed.barrier()
     return finish(model, data, cfg, out_dir, best_path, device, elapsed=time.time() - started)
 
 
-def _run_epoch(model, phase, schedule, train_data, streams, optimizer, scheduler, cfg, device, features,
+def _run_epoch(net, phase, schedule, train_data, streams, optimizer, scheduler, cfg, device, features,
                out_dir, state, progress, desc) -> dict[str, float]:  # fmt: skip
     """One epoch: a batch of the scheduled task, its loss back-propagated, an optimizer step."""
     sums = {t: 0.0 for t in set(schedule)}
     counts = {t: 0 for t in set(schedule)}
     pending: list[tuple[int, str, torch.Tensor]] = []
     log_path = out_dir / "steps.jsonl"
+    main = distributed.is_main()
 
     def flush() -> None:
         # One host sync per flush, not per step: losses stay on the device until here.
         if not pending:
             return
         values = torch.stack([l for _, _, l in pending]).tolist()
-        with log_path.open("a") as f:
+        with log_path.open("a") if main else open(os.devnull, "w") as f:
             for (step, task, _), v in zip(pending, values):
                 sums[task] += v
                 counts[task] += 1
@@ -308,9 +327,11 @@ def _run_epoch(model, phase, schedule, train_data, streams, optimizer, scheduler
                                     "lr": scheduler.get_last_lr()[0]}) + "\n")  # fmt: skip
         pending.clear()
 
-    for task in tqdm(schedule, desc=desc, disable=not progress, leave=False, mininterval=2.0):
+    for task in tqdm(schedule, desc=desc, disable=not (progress and main), leave=False, mininterval=2.0):
+        # Every rank draws the same global batch and trains on its own slice of it.
         indices = streams[task].next_indices(train_data[task], cfg.train.batch_size, cfg.train.seed)
-        loss = _step_loss(model, task, indices, train_data[task], phase, features, cfg, device)
+        with distributed.autocast(torch.device(device), cfg.train.precision):
+            loss = _step_loss(net, task, distributed.local_slice(indices), train_data[task], phase, features, cfg, device)
         if loss.requires_grad:  # a parameter-free head on a frozen encoder has nothing to learn
             loss.backward()
             optimizer.step()
@@ -324,24 +345,19 @@ def _run_epoch(model, phase, schedule, train_data, streams, optimizer, scheduler
     return {t: round(sums[t] / counts[t], 5) for t in sorted(sums) if counts[t]}
 
 
-def _step_loss(model, task, indices, data, phase, features, cfg, device) -> torch.Tensor:
-    """The loss of one batch: MLM, heads on cached vectors, heads on a frozen encoder, or all."""
+def _step_loss(net, task, indices, data, phase, features, cfg, device) -> torch.Tensor:
+    """The loss of one batch: MLM, heads on cached vectors, heads on a frozen encoder, or all.
+    `net` is the model, or its DDP wrapper (MLM runs in one process only)."""
     if task == "mlm":
-        return data.loss(model.bert, indices, device)
+        return data.loss(net.bert, indices, device)
     if features is not None:
         labels = data.labels[indices].to(device)
-        output = model.heads[task](*features.train(task, indices))
-    elif phase.mode == "frozen":  # the uncached path: encode this batch, no encoder gradients
-        batch = data.batch(indices).to(device)
-        labels = batch.labels
-        with torch.no_grad():
-            vectors = model.embed(batch)
-        output = model.heads[task](*model.split(vectors, batch.siamese))
+        output = net(task, features=features.train(task, indices))
     else:
         batch = data.batch(indices).to(device)
         labels = batch.labels
-        output = model(task, batch)
-    return task_loss(task, output, labels, cfg.train.sts_loss)
+        output = net(task, batch, frozen_encoder=phase.mode == "frozen")
+    return task_loss(task, output.float(), labels, cfg.train.sts_loss)
 
 
 def cosent_loss(scores: torch.Tensor, labels: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
@@ -364,7 +380,7 @@ def task_loss(task: str, output: torch.Tensor, labels: torch.Tensor, sts_loss: s
 def evaluate_dev(model, dev, cfg, device, features=None) -> dict[str, float]:
     preds = {
         task: predict(model, task, dev[task], cfg.train.eval_batch_size,
-                      features.split_fn("dev", task) if features else None, device)  # fmt: skip
+                      features.split_fn("dev", task) if features else None, device, cfg.train.precision)  # fmt: skip
         for task in ALL_TASKS
     }
     return dev_scores(preds, dev)
@@ -377,7 +393,8 @@ def finish(model, data, cfg, out_dir, best_path, device, elapsed: float) -> dict
     model.to(device)
     scores = write_outputs(model, data, cfg, out_dir, device)
     scores = {**scores, "train_wall_s": round(elapsed, 1)}
-    (out_dir / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
+    if distributed.is_main():
+        (out_dir / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
     return scores
 
 
@@ -387,8 +404,9 @@ def write_outputs(model, data, cfg, out_dir: Path, device) -> dict[str, float]:
     dev_preds = {}
     for split in ("dev", "test"):
         for task, encoded in data.get(split, {}).items():
-            preds = predict(model, task, encoded, cfg.train.eval_batch_size, device=device)
-            write_predictions(prediction_path(out_dir, task, split), encoded.ids, preds, task)
+            preds = predict(model, task, encoded, cfg.train.eval_batch_size, device=device, precision=cfg.train.precision)
+            if distributed.is_main():
+                write_predictions(prediction_path(out_dir, task, split), encoded.ids, preds, task)
             if split == "dev":
                 dev_preds[task] = preds
     scores = dev_scores(dev_preds, data["dev"])
@@ -451,7 +469,7 @@ def load_trained(checkpoint_path: str | Path, overrides: list[str] = ()) -> tupl
 
 def predict_checkpoint(checkpoint_path, overrides=(), out_dir: Path | None = None, progress=True, device=None) -> dict:
     """Dev scores of a saved model; with out_dir, also the six prediction files there."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device else distributed.default_device()
     model, tokenizer, cfg = load_trained(checkpoint_path, list(overrides))
     splits = {"dev": ALL_TASKS, **({"test": ALL_TASKS} if out_dir else {})}
     data = encode_all(read_all(cfg, splits), tokenizer, cfg)

@@ -1,0 +1,72 @@
+"""Several processes (torchrun) through torch's DistributedDataParallel, and device settings.
+
+Every rank builds the same task schedule and the same global batches from the same seed, so
+all ranks draw the same task at every step; each rank trains on its slice of the global
+batch, and DDP averages the gradients. Only rank 0 writes files. Evaluation splits the
+examples across ranks and gathers the predictions, so every rank sees the same scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init() -> tuple[int, int]:
+    """(rank, world size); starts the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return rank(), world_size()
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def local_slice(indices: list[int]) -> list[int]:
+    """This rank's part of a global batch (the whole batch in a single process)."""
+    return indices[rank() :: world_size()]
+
+
+def gather_predictions(mine: dict[int, float], n: int) -> list:
+    """Merge {index: prediction} from every rank into one list in index order."""
+    if dist.is_initialized():
+        parts: list = [None] * world_size()
+        dist.all_gather_object(parts, mine)
+        mine = {i: p for part in parts for i, p in part.items()}
+    return [mine[i] for i in range(n)]
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast where asked ("bf16", or "auto" on CUDA); fp32 otherwise. CPU bf16 is slow
+    on most CPUs, so "auto" keeps fp32 there."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
