@@ -33,13 +33,31 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-init-base", action="store_true",
                         help="random-initialised bert-base-sized encoder on both sides instead of the checkpoint")
     parser.add_argument("--only", choices=["minbert", "reference"], default=None, help="run one side only")
+    parser.add_argument("--as-configured", action="store_true",
+                        help="minbert with configs/main.yaml's model section as it is, not the reference's model")
 
 
-def load_run_config(data_dir: str | None) -> RunConfig:
-    """configs/main.yaml, the recipe of the main training job, with the data directory resolved."""
-    cfg = load_config(MAIN_CONFIG)
+# The reference's model: pooler output, each pair side encoded on its own, the seed report's heads.
+MATCHED_MODEL = ["model.pooling=cls", "model.pair_encoding=siamese", "model.sentiment_head=mlp",
+                 "model.similarity_head=pair"]  # fmt: skip
+
+
+def load_run_config(data_dir: str | None, as_configured: bool = False) -> RunConfig:
+    """configs/main.yaml (the main training job's recipe: batch size, optimizer, precision) with
+    the data directory resolved; unless `as_configured`, its model section set to the reference's
+    model, so that both sides compute the same function."""
+    cfg = load_config(MAIN_CONFIG, [] if as_configured else MATCHED_MODEL)
     cfg.data.dir = str(resolve_data_dir(data_dir))
     return cfg
+
+
+def describe_model(cfg: RunConfig, random_init_base: bool) -> str:
+    m = cfg.model
+    encoder = "random bert-base" if random_init_base else "embedded checkpoint"
+    heads = f"{m.sentiment_head} sentiment head"
+    if m.pair_encoding == "siamese":
+        heads += f", {m.similarity_head} similarity head"
+    return f"{encoder}; minbert model: {m.pair_encoding} pairs, {m.pooling} pooling, {heads}"
 
 
 def build_minbert(cfg: RunConfig, random_init_base: bool) -> tuple[MultitaskBert, WordPieceTokenizer]:
@@ -48,7 +66,8 @@ def build_minbert(cfg: RunConfig, random_init_base: bool) -> tuple[MultitaskBert
 
 
 def autocast(device: str):
-    """bf16 autocast on CUDA (both sides alike); plain fp32 on the CPU."""
+    """The reference's precision: bf16 autocast on CUDA, fp32 on the CPU (what minbert's
+    train.precision "auto" does)."""
     if device == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -75,18 +94,30 @@ class Stopwatch:
         self.seconds += time.perf_counter() - self._start
 
 
-def matmul_peak(device: str, reps: int = 6) -> tuple[float, str]:
-    """Best-of-`reps` FLOP/s of one large square matmul, at the current thread count: fp32 2048^2
-    on the CPU, bf16 8192^2 on CUDA (the dtype that autocast runs the encoder's matmuls in)."""
-    n, dtype = (8192, torch.bfloat16) if device == "cuda" else (2048, torch.float32)
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    torch.matmul(a, b)  # first call: allocation, kernel selection
-    best = float("inf")
-    for _ in range(reps):
-        with Stopwatch(device) as w:
-            torch.matmul(a, b)
-        best = min(best, w.seconds)
-    return 2 * n**3 / best, f"{str(dtype).removeprefix('torch.')} {n}x{n} matmul, best of {reps}"
+class MatmulPeak:
+    """FLOP/s of one large square matmul at the current thread count, best of all samples: fp32
+    2048^2 on the CPU, bf16 8192^2 on CUDA (the dtype autocast runs the encoder's matmuls in).
+    Sampled between training steps, so that it sees the same background load as they do."""
+
+    def __init__(self, device: str):
+        self.n, self.dtype = (8192, torch.bfloat16) if device == "cuda" else (2048, torch.float32)
+        self.device, self.samples, self.best = device, 0, float("inf")
+        self.a, self.b = (torch.randn(self.n, self.n, device=device, dtype=self.dtype) for _ in range(2))
+        torch.matmul(self.a, self.b)  # first call: allocation, kernel selection
+
+    def sample(self, reps: int = 1) -> None:
+        for _ in range(reps):
+            with Stopwatch(self.device) as w:
+                torch.matmul(self.a, self.b)
+            self.best, self.samples = min(self.best, w.seconds), self.samples + 1
+
+    @property
+    def flops(self) -> float:
+        return 2 * self.n**3 / self.best
+
+    def __str__(self) -> str:
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"{self.flops / 1e9:.1f} GFLOP/s ({dtype} {self.n}x{self.n} matmul, best of {self.samples})"
 
 
 class TokenStats:

@@ -3,7 +3,9 @@
 What: predictions for sst dev (1,101 sentences), quora dev (5,000 pairs) and sts dev (863 pairs),
 in examples per second (an example is a sentence or a pair), tokenisation included, for
 - minbert: `encode_all` (tokenise into an EncodedTask) then `minbert.evaluation.predict`
-  (length-sorted batches of 128, inference mode, both sides of a pair in one forward);
+  (length-sorted batches of 128, inference mode, both sides of a pair in one forward), with
+  configs/main.yaml's model section set to the reference's model (pooler output, siamese pairs,
+  the seed report's heads; --as-configured keeps main.yaml's own model);
 - the reference in hf_reference.py: transformers.BertModel on the same checkpoint, eval() and
   torch.no_grad(), the slow BertTokenizer on each batch of 128 in input order, one forward
   per pair side.
@@ -16,6 +18,7 @@ printed as a check that both did the same work.
 Run (from the repository root):
     nice -n 10 python benchmarks/predict_throughput.py [--limit N] [--batch-size 128]
         [--data-dir DIR] [--device cpu|cuda] [--random-init-base] [--only minbert|reference]
+        [--as-configured]
 The last line is `ratio: X`, minbert's examples/s over the reference's, tokenisation included.
 """
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 import argparse
 
 import hf_reference
-from common import TASK_ORDER, Stopwatch, add_common_args, autocast, build_minbert, describe, load_run_config
+from common import TASK_ORDER, Stopwatch, add_common_args, build_minbert, describe, describe_model, load_run_config
 from minbert.evaluation import predict
 from minbert.train import encode_all, read_all, set_seed
 
@@ -34,8 +37,8 @@ def run_minbert(model, tokenizer, cfg, task: str, examples, batch_size: int, dev
     total, model_only = Stopwatch(device), Stopwatch(device)
     with total:
         encoded = encode_all({"dev": {task: examples}}, tokenizer, cfg)["dev"][task]
-        with model_only, autocast(device):
-            preds = predict(model, task, encoded, batch_size, device=device)
+        with model_only:
+            preds = predict(model, task, encoded, batch_size, device=device, precision=cfg.train.precision)
     return preds, total.seconds, model_only.seconds
 
 
@@ -59,7 +62,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: the config's eval_batch_size (128)")
     args = parser.parse_args()
 
-    cfg = load_run_config(args.data_dir)
+    cfg = load_run_config(args.data_dir, args.as_configured)
     set_seed(cfg.train.seed)
     batch_size = args.batch_size or cfg.train.eval_batch_size
     dev = {t: examples[: args.limit] for t, examples in read_all(cfg, {"dev": TASK_ORDER})["dev"].items()}
@@ -71,7 +74,7 @@ def main() -> None:
         runners["minbert"] = lambda task, ex: run_minbert(model, tokenizer, cfg, task, ex, batch_size, args.device)
     if args.only != "minbert":
         ref, ref_tokenizer = hf_reference.load_reference(cfg.model.head_dropout, args.random_init_base)
-        if args.only is None:
+        if args.only is None and not args.as_configured:
             ref.heads.load_state_dict(model.heads.state_dict())  # same heads: predictions comparable
         ref.to(args.device)
         runners["reference"] = lambda task, ex: run_reference(ref, ref_tokenizer, task, ex, batch_size, args.device)
@@ -83,8 +86,8 @@ def main() -> None:
         for name, run in runners.items():
             results[name][task] = run(task, dev[task])
 
-    print(f"device: {describe(args.device)}; batch size {batch_size}; "
-          f"encoder: {'random bert-base' if args.random_init_base else 'embedded checkpoint'}")  # fmt: skip
+    print(f"device: {describe(args.device)}; batch size {batch_size}")
+    print(f"encoder: {describe_model(cfg, args.random_init_base)}")
     n = {t: len(dev[t]) for t in TASK_ORDER}
     print(f"dev examples: {n}")
     rates = {}
@@ -98,7 +101,7 @@ def main() -> None:
         print(f"{name}: {sum(n.values())} examples, {total:.2f} s total = {rates[name][0]:.2f} examples/s; "
               f"model-only {model_only:.2f} s = {rates[name][1]:.2f} examples/s")
     if len(results) == 2:
-        if not args.random_init_base:
+        if not (args.random_init_base or args.as_configured):
             checks = ", ".join(f"{t} {agreement(t, results['minbert'][t][0], results['reference'][t][0])}"
                                for t in TASK_ORDER)  # fmt: skip
             print(f"predictions, minbert vs reference: {checks}")

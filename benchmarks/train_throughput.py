@@ -4,7 +4,9 @@ What: fine-tuning steps over the real task mix (round-robin sst, para, sts over 
 shared training sets), batch size 32, for
 - minbert, on its own training path: `build_model` from configs/main.yaml, data tokenised once
   up front by `encode_all`, length-bucketed batches from `TaskStream`, both sides of a pair in
-  one encoder forward, `make_optimizer(..., fused=True)`;
+  one encoder forward, `make_optimizer(..., fused=True)`, `task_loss`; main.yaml's model section
+  is set to the reference's model (pooler output, siamese pairs, the seed report's heads), so
+  both sides compute the same function (--as-configured keeps main.yaml's own model);
 - the reference in hf_reference.py: transformers.BertModel on the same checkpoint, the slow
   BertTokenizer on every batch, random batches, one forward per pair side, plain AdamW.
 How: the two sides alternate step by step in one process (same machine, threads and
@@ -13,10 +15,11 @@ timed (the reference's loop includes its per-batch tokenising, as a user's would
 up-front tokenisation is reported on its own line. An example is a sentence or a pair.
 MFU: training FLOP/s (3 x the forward FLOPs of minbert.model.flops_per_token; model FLOPs
 count non-pad tokens, hardware FLOPs the padded tokens computed) over the FLOP/s of a large
-matmul timed by this script at the same thread count.
+matmul timed by this script at the same thread count (best of samples taken between rounds).
 Run (from the repository root):
     nice -n 10 python benchmarks/train_throughput.py [--steps 60] [--batch-size 32] [--warmup 6]
         [--data-dir DIR] [--device cpu|cuda] [--random-init-base] [--only minbert|reference]
+        [--as-configured]
 The last line is `ratio: X`, minbert's examples/s over the reference's.
 """
 
@@ -26,10 +29,12 @@ import argparse
 import time
 
 import hf_reference
-from common import (TASK_ORDER, Stopwatch, TokenStats, add_common_args, autocast, build_minbert, describe,
-                    load_run_config, matmul_peak)  # fmt: skip
-from minbert.tasks import TASKS
-from minbert.train import TaskStream, encode_all, make_optimizer, read_all, set_seed
+import torch
+
+from common import (TASK_ORDER, MatmulPeak, Stopwatch, TokenStats, add_common_args, build_minbert, describe,
+                    describe_model, load_run_config)  # fmt: skip
+from minbert import distributed
+from minbert.train import TaskStream, encode_all, make_optimizer, read_all, set_seed, task_loss
 
 
 class Side:
@@ -73,13 +78,13 @@ class Minbert(Side):
         self.model.to(args.device).train()
         self.optimizer = make_optimizer(self.model, cfg.train.phases[0], fused=True)
         self.streams = {t: TaskStream(t) for t in TASK_ORDER}
-        self.batch_size, self.seed = args.batch_size, cfg.train.seed
+        self.batch_size, self.seed, self.train_cfg = args.batch_size, cfg.train.seed, cfg.train
 
     def step(self, task: str):
         indices = self.streams[task].next_indices(self.data[task], self.batch_size, self.seed)
         batch = self.data[task].batch(indices).to(self.device)
-        with autocast(self.device):
-            loss = TASKS[task].loss(self.model(task, batch), batch.labels)
+        with distributed.autocast(torch.device(self.device), self.train_cfg.precision):  # as train._run_epoch
+            loss = task_loss(task, self.model(task, batch).float(), batch.labels, self.train_cfg.sts_loss)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -114,26 +119,30 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=6, help="untimed steps first (default 6)")
     args = parser.parse_args()
 
-    cfg = load_run_config(args.data_dir)
+    cfg = load_run_config(args.data_dir, args.as_configured)
     set_seed(cfg.train.seed)
     raw_train = read_all(cfg, {"train": TASK_ORDER})["train"]
     kinds = [k for k in (Minbert, Reference) if args.only in (None, k.name)]
     sides = [kind(cfg, raw_train, args) for kind in kinds]
-    peak, peak_how = matmul_peak(args.device)
+    meter = MatmulPeak(args.device)
+    meter.sample(reps=3)
 
     for i in range(args.warmup + args.steps):
         for side in sides:
             side.run_step(TASK_ORDER[i % len(TASK_ORDER)], timed=i >= args.warmup)
+        if i % len(TASK_ORDER) == len(TASK_ORDER) - 1:
+            meter.sample()  # once per round, between steps
+    peak = meter.flops
 
     config = sides[0].stats.config
-    encoder = "random bert-base" if args.random_init_base else "embedded checkpoint"
     print(f"device: {describe(args.device)}")
-    print(f"encoder: {encoder}, {config.num_hidden_layers} layers, hidden {config.hidden_size}; batch size "
+    print(f"encoder: {describe_model(cfg, args.random_init_base)}")
+    print(f"{config.num_hidden_layers} layers, hidden {config.hidden_size}; batch size "
           f"{args.batch_size}; {args.steps} timed steps round-robin {'/'.join(TASK_ORDER)} after {args.warmup} "
           f"untimed{'; the two sides alternate step by step' if len(sides) == 2 else ''}")  # fmt: skip
     sizes = {t: len(raw_train[t]) for t in TASK_ORDER}
     print(f"training sets: {sizes}")
-    print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s ({peak_how})")
+    print(f"matmul peak: {meter}, sampled between rounds")
     for side in sides:
         s = side.stats
         print(f"{side.name}: {side.examples} examples in {side.watch.seconds:.2f} s = {side.rate:.2f} examples/s "
