@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 from minbert import distributed
 from minbert.data import sorted_batches
@@ -39,7 +40,9 @@ def predict(
     device = torch.device(device)
     try:
         # Under several processes each rank predicts every world-th batch; all are gathered.
-        for indices in sorted_batches(data.lengths, batch_size)[distributed.rank() :: distributed.world_size()]:
+        batches = sorted_batches(data.lengths, batch_size)[distributed.rank() :: distributed.world_size()]
+        # A bar on terminals only (tqdm's disable=None), so logs and CI stay clean.
+        for indices in tqdm(batches, desc=f"predict {task}", leave=False, disable=None, mininterval=2.0):
             with distributed.autocast(device, precision):
                 if features is not None:
                     output = model(task, features=features(indices))

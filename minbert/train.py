@@ -395,7 +395,20 @@ def finish(model, data, cfg, out_dir, best_path, device, elapsed: float) -> dict
     scores = {**scores, "train_wall_s": round(elapsed, 1)}
     if distributed.is_main():
         (out_dir / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
+        print_history(out_dir / "epochs.jsonl")
     return scores
+
+
+def print_history(epochs_file: Path) -> None:
+    """The per-epoch dev scores as a short table."""
+    if not epochs_file.exists():
+        return
+    print(f"{'phase':<20}{'epoch':>6}{'sst':>8}{'para':>8}{'sts':>8}{'overall':>9}")
+    for line in epochs_file.read_text().splitlines():
+        r = json.loads(line)
+        dev = r.get("dev")
+        cols = "".join(f"{dev[k]:>8.3f}" for k in ("sst", "para", "sts")) + f"{dev['overall']:>9.3f}" if dev else ""
+        print(f"{r['phase']:<20}{r['epoch']:>6}{cols}{'  *' if r.get('best') else ''}")
 
 
 def write_outputs(model, data, cfg, out_dir: Path, device) -> dict[str, float]:
