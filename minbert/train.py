@@ -214,6 +214,7 @@ def train(
     mlm_head = data["train"]["mlm"].head if mlm_tasks else None
     sizes = {t: len(d) for t, d in data["train"].items()}
 
+    features = None
     state = {"phase": 0, "epoch": 0, "step": 0, "best": -math.inf, "history": [], "streams": {}}
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     resume_ckpt = None
@@ -302,7 +303,15 @@ def train(
         state["phase"], state["epoch"] = phase_idx + 1, 0  # also for a phase of 0 epochs
     model.bert.requires_grad_(True)
     distributed.barrier()
-    return finish(model, data, cfg, out_dir, best_path, device, elapsed=time.time() - started)
+    # An encoder that never trained still matches its cached vectors: predict from those.
+    encoder_trained = any(p.mode != "frozen" for p in cfg.train.phases)
+    if encoder_trained or not cfg.train.cache_features:
+        features = None
+    elif features is None:  # resumed after the last epoch: nothing cached in this process yet
+        from minbert.features import FrozenFeatures
+
+        features = FrozenFeatures(model, data, cfg, device)
+    return finish(model, data, cfg, out_dir, best_path, device, time.time() - started, features)
 
 
 def _run_epoch(net, phase, schedule, train_data, streams, optimizer, scheduler, cfg, device, features,
@@ -386,12 +395,12 @@ def evaluate_dev(model, dev, cfg, device, features=None) -> dict[str, float]:
     return dev_scores(preds, dev)
 
 
-def finish(model, data, cfg, out_dir, best_path, device, elapsed: float) -> dict[str, float]:
+def finish(model, data, cfg, out_dir, best_path, device, elapsed: float, features=None) -> dict[str, float]:
     """Reload the best checkpoint, score it on dev, write the prediction files and metrics.json."""
     if best_path.exists():
         model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["model"])
     model.to(device)
-    scores = write_outputs(model, data, cfg, out_dir, device)
+    scores = write_outputs(model, data, cfg, out_dir, device, features)
     scores = {**scores, "train_wall_s": round(elapsed, 1)}
     if distributed.is_main():
         (out_dir / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
@@ -411,13 +420,14 @@ def print_history(epochs_file: Path) -> None:
         print(f"{r['phase']:<20}{r['epoch']:>6}{cols}{'  *' if r.get('best') else ''}")
 
 
-def write_outputs(model, data, cfg, out_dir: Path, device) -> dict[str, float]:
+def write_outputs(model, data, cfg, out_dir: Path, device, features=None) -> dict[str, float]:
     """Dev predictions (scored) and, where loaded, test predictions, as the six CSV files."""
     scores: dict[str, float] = {}
     dev_preds = {}
     for split in ("dev", "test"):
         for task, encoded in data.get(split, {}).items():
-            preds = predict(model, task, encoded, cfg.train.eval_batch_size, device=device, precision=cfg.train.precision)
+            preds = predict(model, task, encoded, cfg.train.eval_batch_size,
+                            features.split_fn(split, task) if features else None, device, cfg.train.precision)  # fmt: skip
             if distributed.is_main():
                 write_predictions(prediction_path(out_dir, task, split), encoded.ids, preds, task)
             if split == "dev":
