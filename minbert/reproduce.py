@@ -24,7 +24,7 @@ REPORT = {
 }
 DESCRIPTION = {
     "A": "frozen encoder, linear SST head, cosine STS",
-    "B": "frozen encoder, linear SST head, [|u-v|, u*v] STS head",
+    "B": "frozen encoder, linear SST head, [abs(u-v), u*v] STS head",  # no pipes: a Markdown table cell
     "C": "fine-tuned, round-robin, linear SST head",
     "D": "C with the 2-layer ReLU SST head",
     "E": "D + sentiment-only epochs",
