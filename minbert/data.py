@@ -12,7 +12,7 @@ import csv
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -168,7 +168,3 @@ def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[j : j + batch_size] for j in range(0, len(order), batch_size)]
 
-
-def iterate_in_order(n: int, batch_size: int) -> Iterator[list[int]]:
-    for j in range(0, n, batch_size):
-        yield list(range(j, min(n, j + batch_size)))

@@ -210,10 +210,6 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
 
 
-def param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def flops_per_token(config: BertConfig, seq_len: int) -> float:
     """Forward matmul FLOPs per token (2 per multiply-add), attention scores included."""
     H, L, I = config.hidden_size, config.num_hidden_layers, config.intermediate_size
@@ -221,4 +217,4 @@ def flops_per_token(config: BertConfig, seq_len: int) -> float:
     return L * per_layer + 2 * H * H / max(seq_len, 1)  # pooler once per sequence
 
 
-__all__ = ["BertConfig", "BertModel", "mean_pool", "param_count", "flops_per_token"]
+__all__ = ["BertConfig", "BertModel", "mean_pool", "flops_per_token"]
