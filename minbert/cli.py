@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             print_scores(scores)
             print(f"run directory: {out}")
         elif args.command in ("evaluate", "predict"):
-            from minbert.train import load_trained, predict_checkpoint
+            from minbert.train import predict_checkpoint
 
             out = Path(args.out) if args.command == "predict" else None
             scores = predict_checkpoint(args.checkpoint, overrides, out, progress=not args.no_progress)
