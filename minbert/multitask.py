@@ -72,20 +72,19 @@ class EncodedTask:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def _token_types(self, indices: list[int]) -> torch.Tensor | None:
+        """Padded segment ids of cross-encoded pairs; None for single sequences."""
+        return None if self.types is None else pad_batch([self.types[i] for i in indices], 0)[0]
+
     def side_batch(self, side: int, indices: list[int]) -> Batch:
         """One side of the pairs alone (or the sentences / cross-encoded pairs), unlabelled."""
         input_ids, mask = pad_batch([self.sides[side][i] for i in indices], self.pad_id)
-        token_type_ids = None
-        if self.types is not None:
-            token_type_ids, _ = pad_batch([self.types[i] for i in indices], 0)
-        return Batch(input_ids, mask, token_type_ids, False, None, indices)
+        return Batch(input_ids, mask, self._token_types(indices), False, None, indices)
 
     def batch(self, indices: list[int]) -> Batch:
         seqs = [side[i] for side in self.sides for i in indices]  # siamese: all a's, then all b's
         input_ids, mask = pad_batch(seqs, self.pad_id)
-        token_type_ids = None
-        if self.types is not None:
-            token_type_ids, _ = pad_batch([self.types[i] for i in indices], 0)
+        token_type_ids = self._token_types(indices)
         labels = self.labels[indices] if self.labels is not None else None
         return Batch(input_ids, mask, token_type_ids, self.siamese, labels, indices)
 
