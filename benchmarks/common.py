@@ -23,7 +23,7 @@ from minbert.tokenizer import WordPieceTokenizer
 from minbert.train import build_model
 
 REPO = Path(__file__).resolve().parent.parent
-MAIN_CONFIG = REPO / "configs" / "best.yaml"
+MAIN_CONFIG = REPO / "configs" / "main.yaml"
 TASK_ORDER = ("sst", "para", "sts")  # round-robin order, as minbert's round_robin sampler
 
 
@@ -34,7 +34,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="random-initialised bert-base-sized encoder on both sides instead of the checkpoint")
     parser.add_argument("--only", choices=["minbert", "reference"], default=None, help="run one side only")
     parser.add_argument("--as-configured", action="store_true",
-                        help="minbert with configs/best.yaml's model section as it is, not the reference's model")
+                        help="minbert with configs/main.yaml's model section as it is, not the reference's model")
 
 
 # The reference's model: pooler output, each pair side encoded on its own, the seed report's heads.
@@ -43,7 +43,7 @@ MATCHED_MODEL = ["model.pooling=cls", "model.pair_encoding=siamese", "model.sent
 
 
 def load_run_config(data_dir: str | None, as_configured: bool = False) -> RunConfig:
-    """configs/best.yaml (the main training job's recipe: batch size, optimizer, precision) with
+    """configs/main.yaml (the main training job's recipe: batch size, optimizer, precision) with
     the data directory resolved; unless `as_configured`, its model section set to the reference's
     model, so that both sides compute the same function."""
     cfg = load_config(MAIN_CONFIG, [] if as_configured else MATCHED_MODEL)

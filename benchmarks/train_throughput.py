@@ -2,11 +2,11 @@
 
 What: fine-tuning steps over the real task mix (round-robin sst, para, sts over the three
 shared training sets), batch size 32, for
-- minbert, on its own training path: `build_model` from configs/best.yaml, data tokenised once
+- minbert, on its own training path: `build_model` from configs/main.yaml, data tokenised once
   up front by `encode_all`, length-bucketed batches from `TaskStream`, both sides of a pair in
-  one encoder forward, `make_optimizer(..., fused=True)`, `task_loss`; best.yaml's model section
+  one encoder forward, `make_optimizer(..., fused=True)`, `task_loss`; main.yaml's model section
   is set to the reference's model (pooler output, siamese pairs, the seed report's heads), so
-  both sides compute the same function (--as-configured keeps best.yaml's own model);
+  both sides compute the same function (--as-configured keeps main.yaml's own model);
 - the reference in hf_reference.py: transformers.BertModel on the same checkpoint, the slow
   BertTokenizer on every batch, random batches, one forward per pair side, plain AdamW.
 How: the two sides alternate step by step in one process (same machine, threads and

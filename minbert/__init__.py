@@ -3,7 +3,7 @@
 Python API:
     from minbert import BertModel, load_pretrained, load_config, train
     bert = load_pretrained()                       # the embedded all-MiniLM-L6-v2
-    cfg = load_config("configs/best.yaml", ["train.seed=3"])
+    cfg = load_config("configs/main.yaml", ["train.seed=3"])
     scores = train(cfg, "runs/my-run")             # dev scores; files in runs/my-run
 """
 

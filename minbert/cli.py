@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-MAIN_CONFIG = "best"
+MAIN_CONFIG = "main"
 
 
 def resolve_config(name_or_path: str | None) -> Path:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="minbert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train (no config: the main job)")
-    p_train.add_argument("--config", help="YAML file or name in configs/ (default: best, the main job)")
+    p_train.add_argument("--config", help="YAML file or name in configs/ (default: main, the main job)")
     p_train.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
     p_train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p_train.add_argument("--init-from", help="a finished run whose phases this config continues (e.g. Model E after D)")

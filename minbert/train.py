@@ -55,15 +55,15 @@ def read_all(cfg: RunConfig, splits: dict[str, tuple[str, ...]]) -> dict[str, di
             if result.skipped:
                 print(f"{result.path}: skipped {result.skipped} bad row(s)")
             examples = result.examples
+            if cfg.data.sst_phrases and (split, task) == ("train", "sst"):
+                from minbert.phrases import phrase_examples
+
+                examples = examples + phrase_examples(data_dir / "sst-trees-train.txt", examples)
             cap = cfg.data.max_train_examples if split == "train" else cfg.data.max_eval_examples
             if cap is not None and len(examples) > cap:
                 keep = sorted(random.Random(f"{cfg.train.seed}/{split}/{task}").sample(range(len(examples)), cap))
                 examples = [examples[i] for i in keep]
             out[split][task] = examples
-    if cfg.data.sst_phrases and "sst" in out.get("train", {}):
-        from minbert.phrases import phrase_examples
-
-        out["train"]["sst"] = out["train"]["sst"] + phrase_examples(data_dir / "sst-trees-train.txt", out["train"]["sst"])
     return out
 
 

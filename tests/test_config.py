@@ -12,7 +12,7 @@ CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.ya
 
 
 def test_there_are_configs():
-    assert {"best", "seed", "model_a", "model_f"} <= {p.stem for p in CONFIGS}
+    assert {"main", "best", "seed", "model_a", "model_f"} <= {p.stem for p in CONFIGS}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -37,3 +37,14 @@ def test_shared_training_trees(data_dir):
     assert len(extra) > 100_000
     assert {e.label for e in extra} == {0, 1, 2, 3, 4}
     assert not {e.texts[0] for e in extra} & {e.texts[0] for e in sentences}
+
+
+def test_train_cap_counts_phrases(data_dir):
+    """data.max_train_examples caps SST training examples with the phrases included."""
+    from minbert.config import load_config
+    from minbert.train import read_all
+
+    cfg = load_config(None, [f"data.dir={data_dir}", "data.sst_phrases=true", "data.max_train_examples=500"])
+    sst = read_all(cfg, {"train": ("sst",)})["train"]["sst"]
+    assert len(sst) == 500
+    assert any(e.id.startswith("phrase-") for e in sst) and not all(e.id.startswith("phrase-") for e in sst)
