@@ -11,7 +11,6 @@ Anything else that does not match, is missing, or has the wrong shape is an erro
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -108,11 +107,3 @@ def load_pretrained(checkpoint_dir: str | Path | None = None) -> BertModel:
     weights = convert_hf_state_dict(read_state_dict(path), expected)
     model.load_state_dict(weights, strict=True)
     return model
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)

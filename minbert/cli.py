@@ -48,11 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
     p_train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p_train.add_argument("--init-from", help="a finished run whose phases this config continues (e.g. Model E after D)")
+    p_train.add_argument("--overwrite", action="store_true", help="start again in an --out that already holds a run")
     p_eval = sub.add_parser("evaluate", help="dev scores of a saved checkpoint")
     p_pred = sub.add_parser("predict", help="write the six prediction files from a saved checkpoint")
     p_pred.add_argument("--out", required=True)
     for p in (p_eval, p_pred):
-        p.add_argument("--checkpoint", required=True, help="a best.pt written by minbert train")
+        p.add_argument("--checkpoint", required=True,
+                       help="a run directory (its best.safetensors) or a .safetensors checkpoint written by minbert train")
     p_rep = sub.add_parser("reproduce", help="the seed report's Models A-F, with a table and a chart")
     p_rep.add_argument("--out", required=True)
     p_rep.add_argument("--models", default="A,B,C,D,E,F")
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from minbert.config import ConfigError, load_config
     from minbert.data import DataError
+    from minbert.run_state import RunError
 
     try:
         if args.command == "train":
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             from minbert.train import train
 
             print(f"minbert: training {config_path} -> {out}", flush=True)
-            scores = train(cfg, out, resume=args.resume, progress=not args.no_progress, init_from=args.init_from)
+            scores = train(cfg, out, resume=args.resume, progress=not args.no_progress, init_from=args.init_from,
+                           overwrite=args.overwrite)  # fmt: skip
             print_scores(scores)
             print(f"run directory: {out}")
         elif args.command in ("evaluate", "predict"):
@@ -92,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
         print(f"minbert: error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:  # diverged, directory locked, a file that could not be written
+        print(f"minbert: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

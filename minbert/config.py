@@ -80,6 +80,11 @@ class TrainConfig:
     sts_loss: str = "mse"  # "mse", "cosent" (Su 2022) or "mse+cosent"
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16"
     compile: bool = False  # torch.compile the encoder (dynamic shapes: batches vary in length)
+    # last.safetensors is written at each epoch's end and, within epochs, every N steps and/or
+    # every M minutes (None turns either off): a crash loses minutes, not an epoch.
+    checkpoint_every_steps: int | None = None
+    checkpoint_every_minutes: float | None = 5.0
+    log_every_steps: int = 50  # steps.jsonl is written (and losses checked finite) this often
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +13,7 @@ from minbert import distributed
 from minbert.data import sorted_batches
 from minbert.metrics import overall_score
 from minbert.multitask import EncodedTask, MultitaskBert
+from minbert.run_state import RunError, atomic_write
 from minbert.tasks import TASKS
 
 # Optional stand-in for the encoder: (task, split-name, indices) -> feature tuple. Used when
@@ -48,7 +48,10 @@ def predict(
                     output = model(task, features=features(indices))
                 else:
                     output = model(task, data.batch(indices).to(device))
-            out.update(zip(indices, spec.predict(output.float()).float().cpu().tolist()))
+            output = output.float()
+            if not torch.isfinite(output).all():  # caught here: a NaN logit would still argmax to a class
+                raise RunError(f"the model's {task} outputs are not finite: it has diverged; nothing is predicted")
+            out.update(zip(indices, spec.predict(output).float().cpu().tolist()))
     finally:
         model.train(was_training)
     return distributed.gather_predictions(out, len(data))
@@ -70,12 +73,14 @@ def dev_scores(predictions: dict[str, list], dev: dict[str, EncodedTask]) -> dic
 def write_predictions(path: Path, ids: list[str], predictions: list, task: str) -> None:
     """CSV `id,prediction`, one row per input row in input order; written atomically."""
     fmt = TASKS[task].format_prediction
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "prediction"])
-        writer.writerows((i, fmt(p)) for i, p in zip(ids, predictions))
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "prediction"])
+            writer.writerows((i, fmt(p)) for i, p in zip(ids, predictions))
+
+    atomic_write(path, write)
 
 
 def prediction_path(out_dir: Path, task: str, split: str) -> Path:

@@ -14,10 +14,11 @@ import hashlib
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from minbert.checkpoint import save_atomic
 from minbert.data import sorted_batches
 from minbert.multitask import EncodedTask, MultitaskBert
+from minbert.run_state import atomic_write
 
 
 def encoder_fingerprint(model: MultitaskBert) -> str:
@@ -59,12 +60,15 @@ def cached_features(model: MultitaskBert, data: EncodedTask, cache_dir: Path | N
     if cache_dir is None:
         return encode_sides(model, data, batch_size, device), False
     key = hashlib.sha256(((encoder_key or encoder_fingerprint(model)) + data_fingerprint(data)).encode()).hexdigest()
-    path = Path(cache_dir).expanduser() / "features" / f"{key[:32]}.pt"
+    path = Path(cache_dir).expanduser() / "features" / f"{key[:32]}.safetensors"
     if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=True), True
+        try:
+            return load_file(str(path))["vectors"], True
+        except Exception as e:  # a damaged cache entry is encoded again, never trusted
+            print(f"{path}: unreadable cache entry ({type(e).__name__}); encoding again")
     path.parent.mkdir(parents=True, exist_ok=True)
     vectors = encode_sides(model, data, batch_size, device)
-    save_atomic(vectors, path)
+    atomic_write(path, lambda tmp: save_file({"vectors": vectors}, str(tmp)))
     return vectors, False
 
 

@@ -54,7 +54,8 @@ def reproduce(out: Path, models: list[str], overrides: list[str] = (), progress:
         init_from = out / prev if prev and (out / prev / "metrics.json").exists() else None
         print(f"model {m}: {DESCRIPTION[m]}" + (f" (continuing from {prev})" if init_from else ""), flush=True)
         started = time.time()
-        scores = train(configs[m], run_dir, progress=progress, init_from=init_from)
+        scores = train(configs[m], run_dir, progress=progress, init_from=init_from,
+                       resume=(run_dir / "config.yaml").exists())  # a run stopped part-way goes on
         results[m] = {**scores, "wall_s": round(time.time() - started, 1), "continued_from": prev if init_from else None}
         (run_dir / "metrics.json").write_text(json.dumps(results[m], indent=2) + "\n")
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

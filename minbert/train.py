@@ -7,9 +7,9 @@ dev scores and the six prediction files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -21,12 +21,15 @@ import torch
 from tqdm import tqdm
 
 from minbert import distributed
-from minbert.checkpoint import load_pretrained, resolve_checkpoint_dir, save_atomic
+from minbert.checkpoint import CheckpointError, load_pretrained, resolve_checkpoint_dir
 from minbert.config import PhaseConfig, RunConfig, load_config, save_config, to_dict
 from minbert.data import Example, length_bucketed_batches, resolve_data_dir
 from minbert.evaluation import dev_scores, predict, prediction_path, write_predictions
 from minbert.model import BertConfig, BertModel
 from minbert.multitask import EncodedTask, MultitaskBert
+from minbert.run_state import (BEST, LAST, Checkpoint, CheckpointTimer, Progress, RunError, RunLock, atomic_write,
+                               config_differences, load_checkpoint, log_sizes, rng_state,
+                               save_checkpoint, set_rng_state, truncate_logs)  # fmt: skip
 from minbert.samplers import epoch_schedule
 from minbert.tasks import TASKS
 from minbert.tokenizer import WordPieceTokenizer
@@ -167,6 +170,65 @@ class TaskStream:
 # ---------------------------------------------------------------------------------------
 # The recipe
 
+LOGS = ("steps.jsonl", "epochs.jsonl")
+# Keys that may change when a run is resumed: they decide when files are written (and how
+# many threads compute), not what is computed.
+RESUMABLE_CHANGES = ("train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.log_every_steps",
+                     "train.threads")  # fmt: skip
+RUN_FILES = (LAST, BEST, "metrics.json", "timing.json", "config.yaml", *LOGS)
+
+
+@dataclass
+class Run:
+    """What the recipe's parts share: config, model, data, and where the run stands."""
+
+    cfg: RunConfig
+    out_dir: Path
+    model: MultitaskBert
+    net: torch.nn.Module  # the model, or its DDP wrapper
+    data: dict[str, dict[str, EncodedTask]]
+    device: torch.device
+    progress: Progress
+    mlm_head: torch.nn.Module | None
+    show_bars: bool
+    started: float = field(default_factory=time.time)  # this process's start
+    streams: dict[str, TaskStream] = field(default_factory=dict)
+    features: object | None = None  # FrozenFeatures, in a frozen phase with cached vectors
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    timer: CheckpointTimer | None = None
+
+    def __post_init__(self) -> None:
+        self.earlier_s = self.progress.elapsed_s  # training time of earlier processes (resumed runs)
+        self.saved_step = self.progress.step  # the step of out_dir/last.safetensors, if there is one
+        self.timer = CheckpointTimer(self.cfg.train.checkpoint_every_steps, self.cfg.train.checkpoint_every_minutes)
+
+    @property
+    def main(self) -> bool:
+        return distributed.is_main()
+
+    def elapsed(self) -> float:
+        return round(self.earlier_s + time.time() - self.started, 1)
+
+    def save_last(self) -> None:
+        """last.safetensors: everything needed to continue from this step (rank 0 only)."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):  # never saved over a good one
+            raise self.diverged(f"non-finite weights after step {self.progress.step}")
+        self.progress.streams = {t: s.state() for t, s in self.streams.items()}
+        self.progress.log_bytes = log_sizes(self.out_dir, LOGS)
+        self.progress.elapsed_s = self.elapsed()
+        save_checkpoint(Checkpoint(
+            self.model.state_dict(), to_dict(self.cfg), vars(self.model.bert.config), None, self.progress,
+            self.optimizer.state_dict(), self.scheduler.state_dict(), rng_state(),
+            self.mlm_head.state_dict() if self.mlm_head is not None else None), self.out_dir / LAST)  # fmt: skip
+        self.saved_step = self.progress.step
+        self.timer.reset()
+
+    def diverged(self, what: str) -> RunError:
+        last = self.out_dir / LAST
+        kept = f"{last} (step {self.saved_step}) is intact" if last.exists() else "no checkpoint had been written yet"
+        return RunError(f"training diverged: {what}; stopped with no predictions written; {kept}")
+
 
 def train(
     cfg: RunConfig,
@@ -176,24 +238,35 @@ def train(
     progress: bool = True,
     device: str | torch.device | None = None,
     init_from: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, float]:
     """Train as `cfg` says, writing everything into out_dir; returns the final dev scores.
 
-    `stop_after_epochs` stops (as an interruption would) after that many epochs of this
-    call; `resume=True` continues from out_dir/last.pt. `init_from` is a finished run whose
-    phases are the first phases of `cfg`: training continues from its end (the seed
-    report's Models E and F continue D) instead of repeating them.
+    `resume=True` continues from out_dir/last.safetensors (or starts over if the run was
+    stopped before its first checkpoint); a fresh run refuses a directory that holds a run
+    unless `overwrite`. `stop_after_epochs` stops (as an interruption would) after that many
+    epochs of this call. `init_from` is a finished run whose phases are the first phases of
+    `cfg`: training continues from its end (the seed report's Models E and F continue D)
+    instead of repeating them. The directory is locked while the run writes it.
     """
     out_dir = Path(out_dir)
-    _, world = distributed.init()
-    main = distributed.is_main()
-    if main:
+    distributed.init()
+    if distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(out_dir) if distributed.is_main() else contextlib.nullcontext():
+        return _train(cfg, out_dir, resume, stop_after_epochs, progress, device, init_from, overwrite)
+
+
+def _train(cfg, out_dir: Path, resume, stop_after_epochs, progress, device, init_from, overwrite) -> dict[str, float]:
+    world = distributed.world_size()
     device = torch.device(device) if device else distributed.default_device()
     if world > 1 and any(p.mode == "mlm" for p in cfg.train.phases):
         raise ValueError("MLM phases run in one process; start them without torchrun")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    resume_ckpt = _checkpoint_to_resume(cfg, out_dir) if resume else None
+    if not resume and not overwrite and any((out_dir / n).exists() for n in (LAST, "config.yaml")):
+        raise RunError(f"{out_dir}: already holds a run; pass --resume to continue it, or --overwrite to start it again")
     set_seed(cfg.train.seed)
 
     raw = read_all(cfg, needed_splits(cfg))  # fails here, before any long work, on bad data
@@ -212,36 +285,32 @@ def train(
                                             tokenizer.mask_id, tokenizer.pad_id)  # fmt: skip
         data["train"]["mlm"].head.to(device)
     mlm_head = data["train"]["mlm"].head if mlm_tasks else None
-    sizes = {t: len(d) for t, d in data["train"].items()}
 
-    features = None
-    state = {"phase": 0, "epoch": 0, "step": 0, "best": -math.inf, "history": [], "streams": {}}
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    resume_ckpt = None
-    if resume:
-        if not last_path.exists():
-            raise FileNotFoundError(f"{last_path}: nothing to resume from")
-        resume_ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
-        if resume_ckpt["config"] != to_dict(cfg):
-            raise ValueError(f"{last_path}: the run was started with a different config; resume needs the same one")
-        model.load_state_dict(resume_ckpt["model"])
+    if resume_ckpt is not None:
+        model.load_state_dict(resume_ckpt.model)
         if mlm_head is not None:
-            mlm_head.load_state_dict(resume_ckpt["mlm_head"])
-        state = resume_ckpt["state"]
-        _set_rng_state(resume_ckpt["rng"])
+            mlm_head.load_state_dict(resume_ckpt.mlm_head)
+        state = resume_ckpt.progress
+        set_rng_state(resume_ckpt.rng)
+        if distributed.is_main():
+            truncate_logs(out_dir, state.log_bytes)  # steps after the checkpoint are run, and logged, again
     else:
-        if main:
-            save_config(cfg, out_dir / "config.yaml")
-            for name in ("steps.jsonl", "epochs.jsonl"):
+        state = Progress()
+        if distributed.is_main():
+            for name in RUN_FILES:
                 (out_dir / name).unlink(missing_ok=True)
+            for old in out_dir.glob("*-output.csv"):
+                old.unlink()
+            atomic_write(out_dir / "config.yaml", lambda tmp: save_config(cfg, tmp))
         distributed.barrier()
         if init_from is not None:
             state = _continue_from(Path(init_from), cfg, model, out_dir)
-    streams = {t: TaskStream(t, **state["streams"].get(t, {})) for t in sizes}
+    run = Run(cfg, out_dir, model, net, data, device, state, mlm_head, progress)
+    run.streams = {t: TaskStream(t, **state.streams.get(t, {})) for t in data["train"]}
+    sizes = {t: len(d) for t, d in data["train"].items()}
     epochs_this_call = 0
-    started = time.time()
 
-    for phase_idx in range(state["phase"], len(cfg.train.phases)):
+    for phase_idx in range(state.phase, len(cfg.train.phases)):
         phase = cfg.train.phases[phase_idx]
         frozen = phase.mode == "frozen"
         model.bert.requires_grad_(not frozen)
@@ -252,58 +321,54 @@ def train(
             for e in range(phase.epochs)
         ]  # fmt: skip
         total_steps = sum(len(s) for s in schedules)
-        optimizer = make_optimizer(model, phase, cfg.train.fused_adamw, mlm_head if phase.mode == "mlm" else None)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(phase, total_steps))
-        features = None
+        run.optimizer = make_optimizer(model, phase, cfg.train.fused_adamw, mlm_head if phase.mode == "mlm" else None)
+        run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lr_lambda(phase, total_steps))
+        run.features = None
         if frozen and cfg.train.cache_features:
             from minbert.features import FrozenFeatures
 
-            features = FrozenFeatures(model, data, cfg, device)
-        if resume_ckpt is not None and resume_ckpt["state"]["phase"] == phase_idx and state["epoch"] > 0:
-            optimizer.load_state_dict(resume_ckpt["optimizer"])
-            scheduler.load_state_dict(resume_ckpt["scheduler"])
+            run.features = FrozenFeatures(model, data, cfg, device)
+        if resume_ckpt is not None and state.phase == phase_idx and (state.epoch or state.step_in_epoch):
+            run.optimizer.load_state_dict(resume_ckpt.optimizer)  # a checkpoint taken inside this phase
+            run.scheduler.load_state_dict(resume_ckpt.scheduler)
         resume_ckpt = None
 
-        for epoch in range(state["epoch"], phase.epochs):
+        for epoch in range(state.epoch, phase.epochs):
             model.train()
             if frozen:
                 model.bert.eval()  # a frozen encoder runs without dropout, as its cached vectors do
-            losses = _run_epoch(net, phase, schedules[epoch], data["train"], streams, optimizer, scheduler,
-                                cfg, device, features, out_dir, state, progress,
-                                desc=f"{phase.name} {epoch + 1}/{phase.epochs}")  # fmt: skip
-            record = {"phase": phase.name, "phase_index": phase_idx, "epoch": epoch + 1, "step": state["step"],
-                      "train_loss": losses, "elapsed_s": round(time.time() - started, 1)}  # fmt: skip
+            losses = _run_epoch(run, phase, schedules[epoch], desc=f"{phase.name} {epoch + 1}/{phase.epochs}")
+            record = {"phase": phase.name, "phase_index": phase_idx, "epoch": epoch + 1, "step": state.step,
+                      "train_loss": losses, "elapsed_s": run.elapsed()}  # fmt: skip
             if cfg.train.eval_every_epoch or (phase_idx == len(cfg.train.phases) - 1 and epoch == phase.epochs - 1):
-                scores = evaluate_dev(model, data["dev"], cfg, device, features)
+                scores = evaluate_dev(model, data["dev"], cfg, device, run.features)
                 record["dev"] = scores
-                if scores["overall"] > state["best"]:
-                    state["best"] = scores["overall"]
+                if state.best is None or scores["overall"] > state.best:
+                    state.best = scores["overall"]
                     record["best"] = True
-                    if main:
-                        save_atomic({"model": model.state_dict(), "config": to_dict(cfg),
-                                     "bert_config": vars(model.bert.config), "dev": scores}, best_path)  # fmt: skip
-            state["history"].append(record)
-            if main:
+                    if run.main:
+                        save_checkpoint(Checkpoint(model.state_dict(), to_dict(cfg), vars(model.bert.config), scores),
+                                        out_dir / BEST)  # fmt: skip
+            state.history.append(record)
+            if run.main:
                 with (out_dir / "epochs.jsonl").open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 print_epoch(record)
-            state["epoch"] = epoch + 1
-            if state["epoch"] == phase.epochs:  # the checkpoint of a finished phase points at the next
-                state["phase"], state["epoch"] = phase_idx + 1, 0
-            state["streams"] = {t: s.state() for t, s in streams.items()}
-            if main:
-                save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "state": state, "rng": _rng_state(),
-                             "config": to_dict(cfg), "mlm_head": mlm_head.state_dict() if mlm_head else None},
-                            last_path)  # fmt: skip
+            state.epoch = epoch + 1
+            state.start_epoch()
+            if state.epoch == phase.epochs:  # the checkpoint of a finished phase points at the next
+                state.phase, state.epoch = phase_idx + 1, 0
+            if run.main:
+                run.save_last()
             distributed.barrier()
             epochs_this_call += 1
             if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
                 return {}
-        state["phase"], state["epoch"] = phase_idx + 1, 0  # also for a phase of 0 epochs
+        state.phase, state.epoch = phase_idx + 1, 0  # also for a phase of 0 epochs
     model.bert.requires_grad_(True)
     distributed.barrier()
     # An encoder that never trained still matches its cached vectors: predict from those.
+    features = run.features
     encoder_trained = any(p.mode != "frozen" for p in cfg.train.phases)
     if encoder_trained or not cfg.train.cache_features:
         features = None
@@ -311,47 +376,91 @@ def train(
         from minbert.features import FrozenFeatures
 
         features = FrozenFeatures(model, data, cfg, device)
-    return finish(model, data, cfg, out_dir, best_path, device, time.time() - started, features)
+    return finish(model, data, cfg, out_dir, out_dir / BEST, device, time.time() - run.started, features)
 
 
-def _run_epoch(net, phase, schedule, train_data, streams, optimizer, scheduler, cfg, device, features,
-               out_dir, state, progress, desc) -> dict[str, float]:  # fmt: skip
-    """One epoch: a batch of the scheduled task, its loss back-propagated, an optimizer step."""
-    sums = {t: 0.0 for t in set(schedule)}
-    counts = {t: 0 for t in set(schedule)}
-    pending: list[tuple[int, str, torch.Tensor]] = []
-    log_path = out_dir / "steps.jsonl"
-    main = distributed.is_main()
+def _checkpoint_to_resume(cfg: RunConfig, out_dir: Path) -> Checkpoint | None:
+    """The checkpoint a resumed run continues from; None when the run stopped before its
+    first one (it then starts over). Refuses a checkpoint of another config, naming the keys."""
+    if (out_dir / LAST).exists():
+        ckpt = load_checkpoint(out_dir / LAST)
+        if ckpt.progress is None:
+            raise CheckpointError(f"{out_dir / LAST}: holds no training state to resume from")
+        saved, where = ckpt.config, out_dir / LAST
+    elif (out_dir / "config.yaml").exists():
+        ckpt, where = None, out_dir / "config.yaml"
+        saved = to_dict(load_config(where))
+        print(f"{out_dir}: stopped before its first checkpoint; starting it again", flush=True)
+    else:
+        raise FileNotFoundError(f"{out_dir / LAST}: nothing to resume from")
+    differ = [d for d in config_differences(saved, to_dict(cfg)) if not d.startswith(RESUMABLE_CHANGES)]
+    if differ:
+        raise ValueError(f"{where}: the run was started with a different config; resume needs the same one. "
+                         f"Differences: {'; '.join(differ)}")  # fmt: skip
+    return ckpt
 
-    def flush() -> None:
-        # One host sync per flush, not per step: losses stay on the device until here.
-        if not pending:
-            return
-        values = torch.stack([l for _, _, l in pending]).tolist()
-        with log_path.open("a") if main else open(os.devnull, "w") as f:
-            for (step, task, _), v in zip(pending, values):
-                sums[task] += v
-                counts[task] += 1
-                f.write(json.dumps({"step": step, "task": task, "loss": round(v, 5),
-                                    "lr": scheduler.get_last_lr()[0]}) + "\n")  # fmt: skip
-        pending.clear()
 
-    for task in tqdm(schedule, desc=desc, disable=not (progress and main), leave=False, mininterval=2.0):
+def _run_epoch(run: Run, phase: PhaseConfig, schedule: list[str], desc: str) -> dict[str, float]:
+    """One epoch (or the rest of one, when resumed mid-epoch): a batch of the scheduled task,
+    its loss back-propagated, an optimizer step; a checkpoint whenever one is due."""
+    state, cfg = run.progress, run.cfg
+    log = StepLog(run)
+    start = state.step_in_epoch
+    steps = tqdm(schedule[start:], desc=desc, disable=not (run.show_bars and run.main), leave=False,
+                 mininterval=2.0, initial=start, total=len(schedule))  # fmt: skip
+    for task in steps:
         # Every rank draws the same global batch and trains on its own slice of it.
-        indices = streams[task].next_indices(train_data[task], cfg.train.batch_size, cfg.train.seed)
-        with distributed.autocast(torch.device(device), cfg.train.precision):
-            loss = _step_loss(net, task, distributed.local_slice(indices), train_data[task], phase, features, cfg, device)
+        indices = run.streams[task].next_indices(run.data["train"][task], cfg.train.batch_size, cfg.train.seed)
+        with distributed.autocast(run.device, cfg.train.precision):
+            loss = _step_loss(run.net, task, distributed.local_slice(indices), run.data["train"][task], phase,
+                              run.features, cfg, run.device)  # fmt: skip
         if loss.requires_grad:  # a parameter-free head on a frozen encoder has nothing to learn
             loss.backward()
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        state["step"] += 1
-        pending.append((state["step"], task, loss.detach()))
-        if len(pending) >= 50:
-            flush()
-    flush()
-    return {t: round(sums[t] / counts[t], 5) for t in sorted(sums) if counts[t]}
+            run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        lr = run.scheduler.get_last_lr()[0]  # the rate this step used
+        run.scheduler.step()
+        state.step += 1
+        state.step_in_epoch += 1
+        log.add(state.step, task, loss.detach(), lr)
+        if len(log.pending) >= cfg.train.log_every_steps:
+            log.flush()
+        if run.main and state.step_in_epoch < len(schedule) and run.timer.due(state.step):
+            log.flush()  # stops here on a non-finite loss, before anything is saved
+            run.save_last()
+    log.flush()
+    return {t: round(state.loss_sums[t] / state.loss_counts[t], 5) for t in sorted(state.loss_sums)}
+
+
+class StepLog:
+    """Per-step losses, kept on the device and written in batches (one host sync per flush,
+    not per step). A flush stops the run at the first non-finite loss and adds the losses to
+    the epoch's sums in `progress`."""
+
+    def __init__(self, run: Run):
+        self.run, self.progress = run, run.progress
+        self.path = run.out_dir / "steps.jsonl" if run.main else None
+        self.pending: list[tuple[int, str, torch.Tensor, float]] = []
+
+    def add(self, step: int, task: str, loss: torch.Tensor, lr: float) -> None:
+        self.pending.append((step, task, loss, lr))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        values = torch.stack([p[2].float() for p in self.pending]).tolist()
+        for (step, task, _, _), v in zip(self.pending, values):
+            if not math.isfinite(v):
+                raise self.run.diverged(f"the {task} loss at step {step} is {v}")
+        lines = []
+        for (step, task, _, lr), v in zip(self.pending, values):
+            self.progress.loss_sums[task] = self.progress.loss_sums.get(task, 0.0) + v
+            self.progress.loss_counts[task] = self.progress.loss_counts.get(task, 0) + 1
+            lines.append(json.dumps({"step": step, "task": task, "loss": round(v, 5), "lr": lr}) + "\n")
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write("".join(lines))
+        self.pending.clear()
 
 
 def _step_loss(net, task, indices, data, phase, features, cfg, device) -> torch.Tensor:
@@ -396,16 +505,19 @@ def evaluate_dev(model, dev, cfg, device, features=None) -> dict[str, float]:
 
 
 def finish(model, data, cfg, out_dir, best_path, device, elapsed: float, features=None) -> dict[str, float]:
-    """Reload the best checkpoint, score it on dev, write the prediction files and metrics.json."""
+    """Reload the best checkpoint, score it on dev, write the prediction files and metrics.json
+    (scores only, so that two runs of one config and seed give identical files; the wall time
+    goes to timing.json)."""
     if best_path.exists():
-        model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["model"])
+        model.load_state_dict(load_checkpoint(best_path).model)
     model.to(device)
     scores = write_outputs(model, data, cfg, out_dir, device, features)
-    scores = {**scores, "train_wall_s": round(elapsed, 1)}
     if distributed.is_main():
-        (out_dir / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
+        atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(scores, indent=2) + "\n"))
+        timing = json.dumps({"train_wall_s": round(elapsed, 1)}) + "\n"
+        atomic_write(out_dir / "timing.json", lambda tmp: tmp.write_text(timing))
         print_history(out_dir / "epochs.jsonl")
-    return scores
+    return {**scores, "train_wall_s": round(elapsed, 1)}
 
 
 def print_history(epochs_file: Path) -> None:
@@ -421,18 +533,17 @@ def print_history(epochs_file: Path) -> None:
 
 
 def write_outputs(model, data, cfg, out_dir: Path, device, features=None) -> dict[str, float]:
-    """Dev predictions (scored) and, where loaded, test predictions, as the six CSV files."""
-    scores: dict[str, float] = {}
-    dev_preds = {}
-    for split in ("dev", "test"):
-        for task, encoded in data.get(split, {}).items():
-            preds = predict(model, task, encoded, cfg.train.eval_batch_size,
-                            features.split_fn(split, task) if features else None, device, cfg.train.precision)  # fmt: skip
-            if distributed.is_main():
-                write_predictions(prediction_path(out_dir, task, split), encoded.ids, preds, task)
-            if split == "dev":
-                dev_preds[task] = preds
-    scores = dev_scores(dev_preds, data["dev"])
+    """Dev predictions (scored) and, where loaded, test predictions, as the six CSV files.
+    Everything is predicted (and checked finite) before the first file is written."""
+    preds = {
+        (split, task): predict(model, task, encoded, cfg.train.eval_batch_size,
+                               features.split_fn(split, task) if features else None, device, cfg.train.precision)
+        for split in ("dev", "test") for task, encoded in data.get(split, {}).items()
+    }  # fmt: skip
+    scores = dev_scores({task: p for (split, task), p in preds.items() if split == "dev"}, data["dev"])
+    if distributed.is_main():
+        for (split, task), p in preds.items():
+            write_predictions(prediction_path(out_dir, task, split), data[split][task].ids, p, task)
     return {k: round(v, 4) for k, v in scores.items()}
 
 
@@ -444,50 +555,41 @@ def print_epoch(record: dict) -> None:
     print(f"[{record['phase']} epoch {record['epoch']}] loss {losses} | dev {cols}{mark} | {record['elapsed_s']}s", flush=True)
 
 
-def _continue_from(init_dir: Path, cfg: RunConfig, model: MultitaskBert, out_dir: Path) -> dict:
+def _continue_from(init_dir: Path, cfg: RunConfig, model: MultitaskBert, out_dir: Path) -> Progress:
     """Load a finished run whose phases are a prefix of cfg's; return the state to go on from."""
-    ckpt = torch.load(init_dir / "last.pt", map_location="cpu", weights_only=False)
-    done = ckpt["config"]["train"]["phases"]
+    ckpt = load_checkpoint(init_dir / LAST)
+    done = ckpt.config["train"]["phases"]
     ours = to_dict(cfg)
-    if ckpt["state"]["phase"] != len(done):
+    if ckpt.progress is None or ckpt.progress.phase != len(done):
         raise ValueError(f"{init_dir}: that run has not finished its phases; resume it first")
-    same = {k: v for k, v in ckpt["config"]["train"].items() if k != "phases"} == {
+    same = {k: v for k, v in ckpt.config["train"].items() if k != "phases"} == {
         k: v for k, v in ours["train"].items() if k != "phases"
     }
-    if ours["train"]["phases"][: len(done)] != done or ckpt["config"]["model"] != ours["model"] or not same \
-            or ckpt["config"]["data"] != ours["data"]:  # fmt: skip
+    if ours["train"]["phases"][: len(done)] != done or ckpt.config["model"] != ours["model"] or not same \
+            or ckpt.config["data"] != ours["data"]:  # fmt: skip
         raise ValueError(f"{init_dir}: its config is not the first {len(done)} phase(s) of this one")
-    model.load_state_dict(ckpt["model"])
-    _set_rng_state(ckpt["rng"])
-    if (init_dir / "best.pt").exists():
-        shutil.copyfile(init_dir / "best.pt", out_dir / "best.pt")
-    for name in ("steps.jsonl", "epochs.jsonl"):
+    model.load_state_dict(ckpt.model)
+    set_rng_state(ckpt.rng)
+    if (init_dir / BEST).exists():
+        shutil.copyfile(init_dir / BEST, out_dir / BEST)
+    for name in LOGS:
         if (init_dir / name).exists():
             shutil.copyfile(init_dir / name, out_dir / name)
-    return ckpt["state"]
-
-
-def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
-
-
-def _set_rng_state(s: dict) -> None:
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
-    if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+    return ckpt.progress
 
 
 def load_trained(checkpoint_path: str | Path, overrides: list[str] = ()) -> tuple[MultitaskBert, WordPieceTokenizer, RunConfig]:
-    """A model saved by `train` (best.pt), with its config (overrides apply, e.g. data.dir)."""
-    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    cfg = load_config(None, overrides, base=ckpt["config"])
-    model, tokenizer = build_model(cfg, ckpt["bert_config"])
-    model.load_state_dict(ckpt["model"])
+    """A model saved by `train` (a run directory, its best.safetensors or last.safetensors),
+    with its config (overrides apply, e.g. data.dir)."""
+    ckpt = load_checkpoint(checkpoint_path)
+    cfg = load_config(None, overrides, base=ckpt.config)
+    try:
+        model, tokenizer = build_model(cfg, ckpt.bert_config)
+        model.load_state_dict(ckpt.model)
+    except (TypeError, RuntimeError) as e:  # a bert_config or weights that do not fit together
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{checkpoint_path}: the weights do not fit the model they describe ({first})") from None
     return model, tokenizer, cfg
-
 
 
 def predict_checkpoint(checkpoint_path, overrides=(), out_dir: Path | None = None, progress=True, device=None) -> dict:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minbert.checkpoint import CheckpointError, convert_hf_state_dict, load_pretrained, save_atomic
+from minbert.checkpoint import CheckpointError, convert_hf_state_dict, load_pretrained
 from minbert.model import BertConfig, BertModel
 
 TINY = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
@@ -75,11 +75,3 @@ def test_loads_pytorch_model_bin_with_prefix(tmp_path, embedded_dir):
 def test_missing_files_are_named(tmp_path):
     with pytest.raises(CheckpointError, match="config.json not found"):
         load_pretrained(tmp_path)
-
-
-def test_save_atomic_replaces_whole_file(tmp_path):
-    path = tmp_path / "ckpt.pt"
-    save_atomic({"a": 1}, path)
-    save_atomic({"a": 2}, path)
-    assert torch.load(path)["a"] == 2
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]

@@ -61,7 +61,9 @@ def test_cached_training_equals_uncached(tiny_checkpoint, small_data_dir, tmp_pa
         else:
             assert a == b
     # the encoder did not move
-    enc = torch.load(tmp_path / "cached" / "best.pt", weights_only=False)["model"]
+    from minbert.run_state import load_checkpoint
+
+    enc = load_checkpoint(tmp_path / "cached").model
     from minbert.checkpoint import load_pretrained
 
     ref = load_pretrained(tiny_checkpoint).state_dict()

@@ -6,6 +6,7 @@ import torch
 
 from minbert.config import load_config
 from minbert.reproduce import markdown_table, reproduce
+from minbert.run_state import load_checkpoint
 from minbert.train import train
 
 
@@ -21,8 +22,8 @@ def test_continuing_d_equals_running_e_alone(tiny_checkpoint, small_data_dir, tm
     continued = train(load_config("configs/model_e.yaml", e_overrides), tmp_path / "E", progress=False, init_from=tmp_path / "D")
     alone = train(load_config("configs/model_e.yaml", e_overrides), tmp_path / "E_alone", progress=False)
     assert {k: continued[k] for k in ("sst", "para", "sts")} == {k: alone[k] for k in ("sst", "para", "sts")}
-    a = torch.load(tmp_path / "E" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "E_alone" / "last.pt", weights_only=False)["model"]
+    a = load_checkpoint(tmp_path / "E" / "last.safetensors").model
+    b = load_checkpoint(tmp_path / "E_alone" / "last.safetensors").model
     assert all(torch.equal(a[k], b[k]) for k in a)
     history = [json.loads(l) for l in (tmp_path / "E" / "epochs.jsonl").read_text().splitlines()]
     assert [h["phase"] for h in history] == ["round_robin", "sst_only"]

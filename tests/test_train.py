@@ -9,6 +9,7 @@ import torch
 
 from minbert.cli import main as cli_main
 from minbert.config import load_config
+from minbert.run_state import load_checkpoint
 from minbert.train import train
 
 
@@ -40,7 +41,7 @@ def test_loss_falls(tiny_checkpoint, small_data_dir, tmp_path):
 def test_run_writes_everything_in_format(tiny_checkpoint, small_data_dir, tmp_path, data_dir):
     out = tmp_path / "run"
     scores = train(tiny_config(tiny_checkpoint, small_data_dir, tmp_path), out, progress=False)
-    assert {"config.yaml", "steps.jsonl", "epochs.jsonl", "best.pt", "last.pt", "metrics.json"} <= {p.name for p in out.iterdir()}
+    assert {"config.yaml", "steps.jsonl", "epochs.jsonl", "best.safetensors", "last.safetensors", "metrics.json"} <= {p.name for p in out.iterdir()}
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"sst", "para", "sts", "overall"} <= set(metrics)
     assert metrics["overall"] == pytest.approx((metrics["sst"] + metrics["para"] + (metrics["sts"] + 1) / 2) / 3, abs=2e-4)
@@ -76,8 +77,8 @@ def test_resume_gives_the_same_result(tiny_checkpoint, small_data_dir, tmp_path)
     assert train(cfg, tmp_path / "cut", progress=False, resume=True, stop_after_epochs=1) == {}  # across phases
     resumed = train(cfg, tmp_path / "cut", progress=False, resume=True)
     assert {k: v for k, v in resumed.items() if k != "train_wall_s"} == {k: v for k, v in full.items() if k != "train_wall_s"}
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["model"]
+    a = load_checkpoint(tmp_path / "full" / "last.safetensors").model
+    b = load_checkpoint(tmp_path / "cut" / "last.safetensors").model
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
     assert (tmp_path / "full" / "steps.jsonl").read_text() == (tmp_path / "cut" / "steps.jsonl").read_text()
@@ -102,7 +103,7 @@ def test_bad_data_stops_before_training(tiny_checkpoint, small_data_dir, tmp_pat
 
     with pytest.raises(DataError, match="sts-dev.csv:2: bad similarity"):
         train(cfg, tmp_path / "run", progress=False)
-    assert not (tmp_path / "run" / "last.pt").exists()
+    assert not (tmp_path / "run" / "last.safetensors").exists()
 
 
 def test_cli_train_evaluate_predict(tiny_checkpoint, small_data_dir, tmp_path, capsys):
@@ -112,11 +113,11 @@ def test_cli_train_evaluate_predict(tiny_checkpoint, small_data_dir, tmp_path, c
     assert cli_main(["train", "--out", str(out), *args]) == 0
     trained = json.loads((out / "metrics.json").read_text())
     capsys.readouterr()
-    assert cli_main(["evaluate", "--checkpoint", str(out / "best.pt"), "--no-progress", f"--data.dir={small_data_dir}"]) == 0
+    assert cli_main(["evaluate", "--checkpoint", str(out), "--no-progress", f"--data.dir={small_data_dir}"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["overall"] == pytest.approx(trained["overall"], abs=1e-4)
     pred_dir = tmp_path / "pred"
-    assert cli_main(["predict", "--checkpoint", str(out / "best.pt"), "--out", str(pred_dir), f"--data.dir={small_data_dir}"]) == 0
+    assert cli_main(["predict", "--checkpoint", str(out), "--out", str(pred_dir), f"--data.dir={small_data_dir}"]) == 0
     for name in ("sst-dev-output.csv", "para-test-output.csv", "sts-test-output.csv"):
         assert (pred_dir / name).read_text() == (out / name).read_text()
     assert cli_main(["train", "--out", str(out), "--train.nope=1"]) == 2
