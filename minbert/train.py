@@ -53,7 +53,7 @@ def read_all(cfg: RunConfig, splits: dict[str, tuple[str, ...]]) -> dict[str, di
         for task in tasks:
             result = TASKS[task].read(data_dir, split, cfg.data.skip_bad_rows)
             if result.skipped:
-                print(f"{result.path}: skipped {result.skipped} bad row(s)")
+                print(f"{result.path}: {result.skipped_summary()}")
             examples = result.examples
             if cfg.data.sst_phrases and (split, task) == ("train", "sst"):
                 from minbert.phrases import phrase_examples
