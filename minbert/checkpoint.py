@@ -11,6 +11,7 @@ Anything else that does not match, is missing, or has the wrong shape is an erro
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -79,20 +80,29 @@ def convert_hf_state_dict(state_dict: dict[str, torch.Tensor], expected: dict[st
 
 
 def read_state_dict(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
-    """model.safetensors if present, else pytorch_model.bin loaded with weights_only=True."""
-    safetensors_path = checkpoint_dir / "model.safetensors"
-    bin_path = checkpoint_dir / "pytorch_model.bin"
-    if safetensors_path.exists():
-        from safetensors.torch import load_file
+    """model.safetensors if present, else pytorch_model.bin loaded with weights_only=True.
+    A file that does not load (truncated, not weights at all) is a CheckpointError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-        return load_file(str(safetensors_path))
-    if bin_path.exists():
-        return torch.load(bin_path, map_location="cpu", weights_only=True)
-    raise CheckpointError(f"{checkpoint_dir}: neither model.safetensors nor pytorch_model.bin found")
+    found = [p for p in (checkpoint_dir / "model.safetensors", checkpoint_dir / "pytorch_model.bin") if p.exists()]
+    if not found:
+        raise CheckpointError(f"{checkpoint_dir}: neither model.safetensors nor pytorch_model.bin found")
+    path = found[0]
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError, OSError) as e:
+        first_line = (str(e).strip().splitlines() or ["the file ends early"])[0][:160]
+        raise CheckpointError(f"{path}: cannot read the weights ({type(e).__name__}: {first_line})") from None
 
 
 def resolve_checkpoint_dir(checkpoint_dir: str | Path | None) -> Path:
     path = default_checkpoint_dir() if checkpoint_dir in (None, "", "default") else Path(checkpoint_dir)
+    if not path.is_dir():
+        problem = "not a directory" if path.exists() else "no such directory"
+        raise CheckpointError(f"{path}: {problem} (a BERT checkpoint directory holds config.json, vocab.txt, weights)")
     for needed in ("config.json", "vocab.txt"):
         if not (path / needed).exists():
             raise CheckpointError(f"{path}: {needed} not found (a BERT checkpoint directory needs config.json, vocab.txt and weights)")

@@ -26,7 +26,9 @@ def resolve_config(name_or_path: str | None) -> Path:
         candidate = folder / f"{value}.yaml"
         if candidate.exists():
             return candidate
-    raise SystemExit(f"minbert: config {value!r} not found (neither a file nor a name in {REPO_CONFIGS})")
+    from minbert.config import ConfigError
+
+    raise ConfigError(f"config {value!r} not found (neither a file nor a name in {REPO_CONFIGS})")
 
 
 def _overrides(unknown: list[str], model: str | None, parser: argparse.ArgumentParser) -> list[str]:
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     active = {"train": p_train, "evaluate": p_eval, "predict": p_pred, "reproduce": p_rep}[args.command]
     overrides = _overrides(unknown, args.model, active)
 
+    from minbert.checkpoint import CheckpointError
     from minbert.config import ConfigError, load_config
     from minbert.data import DataError
     from minbert.run_state import RunError
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             from minbert.reproduce import reproduce
 
             reproduce(Path(args.out), args.models.split(","), overrides, progress=not args.no_progress)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, DataError, CheckpointError, OSError, ValueError) as e:  # one line, no traceback
         print(f"minbert: error: {e}", file=sys.stderr)
         return 2
     except RunError as e:  # diverged, directory locked, a file that could not be written

@@ -7,6 +7,7 @@ merges the file over the defaults, applies the overrides, and rejects any unknow
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -229,6 +230,40 @@ PHASE_CHOICES = {
 }
 TASK_NAMES = ("sst", "para", "sts")
 
+# The allowed range of every number: (test, the range in words). NaN fails every comparison,
+# so it is out of every range; None (where a field allows it) means "not set" and is not checked.
+AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
+POSITIVE = (lambda v: 0 < v < math.inf, "> 0 and finite")
+RANGES = {
+    "model.head_dropout": (lambda v: 0 <= v < 1, "0 <= value < 1"),
+    "model.max_length": (lambda v: 1 <= v <= 512, "1 <= value <= 512"),  # BERT's; build_model checks the checkpoint's
+    "data.max_train_examples": AT_LEAST_1,
+    "data.max_eval_examples": AT_LEAST_1,
+    "train.batch_size": AT_LEAST_1,
+    "train.eval_batch_size": AT_LEAST_1,
+    "train.threads": AT_LEAST_1,
+    "train.checkpoint_every_steps": AT_LEAST_1,
+    "train.checkpoint_every_minutes": POSITIVE,
+    "train.log_every_steps": AT_LEAST_1,
+}
+PHASE_RANGES = {
+    "epochs": AT_LEAST_0,
+    "full_epochs": AT_LEAST_0,  # the epochs of the full budget: the same range as epochs
+    "lr": POSITIVE,
+    "head_lr": POSITIVE,
+    "steps_per_epoch": AT_LEAST_1,
+    "warmup_ratio": (lambda v: 0 <= v <= 1, "0 <= value <= 1"),
+    "layer_lr_decay": (lambda v: 0 < v <= 1, "0 < value <= 1"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
+}
+
+
+def _check_range(dotted: str, value: float | None, rule: tuple) -> None:
+    test, allowed = rule
+    if value is not None and not test(value):
+        raise ConfigError(f"{dotted}: {value!r} is out of range (allowed: {allowed})")
+
 
 def validate(cfg: RunConfig) -> None:
     for dotted, allowed in CHOICES.items():
@@ -236,6 +271,9 @@ def validate(cfg: RunConfig) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise ConfigError(f"{dotted}: {value!r} is not one of {allowed}")
+    for dotted, rule in RANGES.items():
+        section, name = dotted.split(".")
+        _check_range(dotted, getattr(getattr(cfg, section), name), rule)
     if not cfg.train.phases:
         raise ConfigError("train.phases: at least one phase is needed")
     for i, phase in enumerate(cfg.train.phases):
@@ -245,8 +283,8 @@ def validate(cfg: RunConfig) -> None:
         bad = [t for t in phase.tasks if t not in TASK_NAMES]
         if bad or not phase.tasks:
             raise ConfigError(f"train.phases.{i}.tasks: {phase.tasks} must be a non-empty subset of {TASK_NAMES}")
-        if phase.epochs < 0 or phase.lr <= 0:
-            raise ConfigError(f"train.phases.{i}: epochs must be >= 0 and lr > 0")
+        for name, rule in PHASE_RANGES.items():
+            _check_range(f"train.phases.{i}.{name}", getattr(phase, name), rule)
     if cfg.train.sts_loss not in ("mse", "cosent", "mse+cosent"):
         raise ConfigError(f"train.sts_loss: {cfg.train.sts_loss!r} is not one of ('mse', 'cosent', 'mse+cosent')")
     if cfg.train.precision not in ("auto", "fp32", "bf16"):

@@ -1,9 +1,13 @@
 """Reading, validating, tokenising and batching the CS224N-format data files.
 
-Every file is tab-separated with a header row. Columns are found by name in the header, so
-the SST test file's odd header (`0<TAB><TAB>id<TAB>sentence`) reads like the others. Every row
-is checked before any training starts; a bad row raises `DataError` naming file, line and
-reason, or, with `skip_bad_rows`, is counted and left out.
+Every file is UTF-8, tab-separated, with a header row. Columns are found by name in the
+header, so the SST test file's odd header (`0<TAB><TAB>id<TAB>sentence`) reads like the others.
+A field may be CSV-quoted (`"..."`, a literal quote doubled as `""`), but a row is one physical
+line: a quote opened in a field must close in it, on that line. So a stray quote is an error
+on its own line instead of the csv module's swallowing every row up to the next quote.
+Every row is checked before any training starts; a bad row raises `DataError` naming file,
+line and reason, or, with `skip_bad_rows`, is left out and listed. A held-out (test) file
+never loses a row: each needs a prediction.
 """
 
 from __future__ import annotations
@@ -16,16 +20,26 @@ from typing import Callable, Sequence
 
 import torch
 
-# Some Quora questions are long; the csv module's default field limit (128 KiB) is ample,
-# but be explicit so a pathological file fails on our validation, not on csv's.
-csv.field_size_limit(1 << 24)
+# The longest real row is a few KB. A longer line is rejected before csv sees it (a lost line
+# break, a binary file), so csv's own field limit is never the one that fails.
+MAX_LINE_BYTES = 1 << 20
+csv.field_size_limit(MAX_LINE_BYTES)
+MAX_REASON_CHARS = 240  # a message quotes data; it never carries a whole field
+SKIPPED_LISTED = 10  # skipped rows named one by one; the rest are counted
+NEVER_SKIPPED = "a test file's rows are never skipped: each needs a prediction"
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """`text`, or its first `limit` characters and how long it was: data quoted in a message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 class DataError(ValueError):
-    """A data file that cannot be used: names the file, the line and the reason."""
+    """A data file that cannot be used: names the file, the line and the reason, on one line."""
 
     def __init__(self, path: Path | str, line: int | None, reason: str):
         where = f"{path}:{line}" if line is not None else str(path)
+        reason = _clip(reason, MAX_REASON_CHARS)
         super().__init__(f"{where}: {reason}")
         self.path, self.line, self.reason = str(path), line, reason
 
@@ -40,8 +54,20 @@ class Example:
 @dataclass
 class ReadResult:
     examples: list[Example]
-    skipped: int  # bad rows left out (only with skip_bad_rows)
+    skipped_rows: list[tuple[int, str]]  # (line, reason) of each bad row left out (skip_bad_rows)
     path: Path
+
+    @property
+    def skipped(self) -> int:
+        return len(self.skipped_rows)
+
+    def skipped_summary(self) -> str:
+        """`skipped 12 bad row(s): line 3 (empty sentence), line 5 (bad sentiment '9'), ..., and 2 more`:
+        the first rows by line, each with the head of its reason."""
+        first = self.skipped_rows[:SKIPPED_LISTED]
+        listed = ", ".join(f"line {line} ({_clip(reason.partition(': ')[0])})" for line, reason in first)
+        more = self.skipped - SKIPPED_LISTED
+        return f"skipped {self.skipped} bad row(s): {listed}" + (f", and {more} more" if more > 0 else "")
 
 
 def default_data_dir() -> Path | None:
@@ -58,7 +84,7 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     if data_dir:
         path = Path(data_dir)
         if not path.is_dir():
-            raise DataError(path, None, "data directory does not exist")
+            raise DataError(path, None, "not a directory" if path.exists() else "data directory does not exist")
         return path
     found = default_data_dir()
     if found is None:
@@ -73,37 +99,72 @@ def read_table(
     parse_label: Callable[[str], float | int] | None,
     skip_bad_rows: bool = False,
 ) -> ReadResult:
-    """Read one CS224N-format file. `label_column=None` reads a held-out (unlabelled) file."""
+    """Read one CS224N-format file. `label_column=None` reads a held-out (unlabelled) file,
+    whose bad rows are errors even with `skip_bad_rows`: a test file never loses a row."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, None, "is a directory, not a data file")
     if not path.exists():
         raise DataError(path, None, "file not found")
     needed = ["id", *text_columns] + ([label_column] if label_column else [])
     examples: list[Example] = []
-    skipped = 0
+    skipped: list[tuple[int, str]] = []
     seen_ids: set[str] = set()
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t")
-        header = next(reader, None)
-        if header is None:
-            raise DataError(path, 1, "empty file: no header row")
-        absent = [c for c in needed if c not in header]
-        if absent:
-            raise DataError(
-                path, 1, f"wrong header: missing column(s) {', '.join(absent)}; expected {needed}, got {header}"
-            )
-        col = {c: header.index(c) for c in needed}
-        line = reader.line_num
-        for row in reader:
-            start, line = line + 1, reader.line_num
+    header: list[str] | None = None
+    with path.open("rb") as f:
+        for line, raw in enumerate(f, start=1):
             try:
+                row = _split_line(raw)
+                if header is None:
+                    header, col = row, _columns(row, needed)
+                    continue
                 examples.append(_parse_row(row, header, col, text_columns, label_column, parse_label, seen_ids))
             except ValueError as e:
-                if not skip_bad_rows:
-                    raise DataError(path, start, str(e)) from None
-                skipped += 1
+                if header is None or not skip_bad_rows:
+                    raise DataError(path, line, str(e)) from None
+                if label_column is None:
+                    raise DataError(path, line, f"{e} ({NEVER_SKIPPED})") from None
+                skipped.append((line, str(e)))
+    if header is None:
+        raise DataError(path, 1, "empty file: no header row")
     if not examples:
-        raise DataError(path, None, "no data rows")
+        raise DataError(path, None, "no data rows" + (f" ({len(skipped)} bad row(s) skipped)" if skipped else ""))
     return ReadResult(examples, skipped, path)
+
+
+def _split_line(raw: bytes) -> list[str]:
+    """One physical line -> its fields, CSV quotes undone within the line (csv's strict mode).
+    Raises ValueError with the reason a user can act on."""
+    if len(raw) > MAX_LINE_BYTES:
+        limit = f"the {MAX_LINE_BYTES:,}-byte limit of one row"
+        raise ValueError(f"line is {len(raw):,} bytes, over {limit} (a lost line break?)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = f"byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line"
+        raise ValueError(f"invalid UTF-8: {bad} ({e.reason})") from None
+    try:
+        return next(csv.reader([text], delimiter="\t", strict=True), [])
+    except csv.Error as e:
+        raise ValueError(_CSV_REASONS.get(str(e).split(" - ")[0], f"not a tab-separated row ({e})")) from None
+
+
+_CSV_REASONS = {
+    "unexpected end of data": 'unbalanced quote: a field that starts with " must end with " on the same line '
+    '(a row never spans lines; a literal " inside quotes is written "")',
+    "'\t' expected after '\"'": 'stray quote: text after the closing " of a quoted field '
+    '(a literal " inside quotes is written "")',
+    "new-line character seen in unquoted field": "carriage return (\\r) inside a line: lines must end in \\n or \\r\\n",
+}
+
+
+def _columns(header: list[str], needed: list[str]) -> dict[str, int]:
+    absent = [c for c in needed if c not in header]
+    if absent:
+        hint = " (the file must be tab-separated)" if len(header) == 1 else ""
+        missing = f"missing column(s) {', '.join(absent)}{hint}"
+        raise ValueError(f"wrong header: {missing}; expected {needed}, got {_clip(repr(header))}")
+    return {c: header.index(c) for c in needed}
 
 
 def _parse_row(row, header, col, text_columns, label_column, parse_label, seen_ids) -> Example:
@@ -115,7 +176,7 @@ def _parse_row(row, header, col, text_columns, label_column, parse_label, seen_i
     if not ex_id:
         raise ValueError("empty id")
     if ex_id in seen_ids:
-        raise ValueError(f"duplicate id {ex_id!r}")
+        raise ValueError(f"duplicate id {_clip(repr(ex_id))}")
     texts = tuple(row[col[c]].strip() for c in text_columns)
     for c, t in zip(text_columns, texts):
         if not t:
@@ -126,7 +187,7 @@ def _parse_row(row, header, col, text_columns, label_column, parse_label, seen_i
         try:
             label = parse_label(raw)
         except ValueError as e:
-            raise ValueError(f"bad {label_column} {raw!r}: {e}") from None
+            raise ValueError(f"bad {label_column} {_clip(repr(raw))}: {e}") from None
     seen_ids.add(ex_id)
     return Example(ex_id, texts, label)
 

@@ -11,8 +11,9 @@ exist to carry one.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+from typing import get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -50,13 +51,33 @@ class BertConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "BertConfig":
-        """Read config.json, keeping the BERT fields and ignoring the rest (architectures, ...)."""
-        raw = json.loads(Path(path).read_text())
+        """Read config.json, keeping the BERT fields and ignoring the rest (architectures, ...).
+        Every problem (bad JSON, not an object, a value of the wrong type) is a ValueError naming the file."""
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start + 1})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a JSON object of BERT settings, got a JSON {type(raw).__name__}")
         model_type = raw.get("model_type", "bert")
         if model_type != "bert":
             raise ValueError(f"{path}: model_type is {model_type!r}, not 'bert'")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        types = get_type_hints(cls)
+        kinds = {int: "an integer", float: "a number", str: "a string"}
+        kwargs = {k: v for k, v in raw.items() if k in types and v is not None}  # null: the default
+        for k, v in kwargs.items():
+            want = (int, float) if types[k] is float else types[k]  # JSON may write 0.0 as 0
+            if isinstance(v, bool) or not isinstance(v, want):
+                raise ValueError(f"{path}: {k} must be {kinds[types[k]]}, got {v!r}")
+            low = 0 if k == "pad_token_id" else 1  # an id may be 0; sizes and counts may not
+            if types[k] is int and v < low:
+                raise ValueError(f"{path}: {k} must be >= {low}, got {v!r}")
+        try:
+            return cls(**kwargs)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 class Embeddings(nn.Module):

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from minbert import distributed
 from minbert.checkpoint import CheckpointError, load_pretrained, resolve_checkpoint_dir
-from minbert.config import PhaseConfig, RunConfig, load_config, save_config, to_dict
+from minbert.config import ConfigError, PhaseConfig, RunConfig, load_config, save_config, to_dict
 from minbert.data import Example, length_bucketed_batches, resolve_data_dir
 from minbert.evaluation import dev_scores, predict, prediction_path, write_predictions
 from minbert.model import BertConfig, BertModel
@@ -56,7 +56,7 @@ def read_all(cfg: RunConfig, splits: dict[str, tuple[str, ...]]) -> dict[str, di
         for task in tasks:
             result = TASKS[task].read(data_dir, split, cfg.data.skip_bad_rows)
             if result.skipped:
-                print(f"{result.path}: skipped {result.skipped} bad row(s)")
+                print(f"{result.path}: {result.skipped_summary()}")
             examples = result.examples
             if cfg.data.sst_phrases and (split, task) == ("train", "sst"):
                 from minbert.phrases import phrase_examples
@@ -98,6 +98,10 @@ def build_model(cfg: RunConfig, bert_config: dict | None = None) -> tuple[Multit
     ckpt_dir = resolve_checkpoint_dir(cfg.model.checkpoint)
     tokenizer = WordPieceTokenizer(ckpt_dir / "vocab.txt")
     bert = BertModel(BertConfig(**bert_config)) if bert_config else load_pretrained(ckpt_dir)
+    if cfg.model.max_length > bert.config.max_position_embeddings:
+        positions = bert.config.max_position_embeddings
+        raise ConfigError(f"model.max_length: {cfg.model.max_length} is more than the {positions} positions "
+                          f"(max_position_embeddings) of the checkpoint {ckpt_dir}")  # fmt: skip
     return MultitaskBert(bert, cfg.model), tokenizer
 
 

@@ -1,10 +1,11 @@
 """Configs: every file in configs/ loads and builds; overrides; unknown keys are errors."""
 
+import re
 from pathlib import Path
 
 import pytest
 
-from minbert.config import ConfigError, PhaseConfig, load_config, save_config
+from minbert.config import PHASE_RANGES, RANGES, ConfigError, PhaseConfig, load_config, save_config
 from minbert.multitask import MultitaskBert
 from minbert.model import BertConfig, BertModel
 
@@ -53,3 +54,41 @@ def test_saved_config_round_trips(tmp_path):
     cfg = load_config(None, ["train.seed=5", "train.phases.0.epochs=4"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+# Values just outside each range of the table, NaN and infinity for every float.
+OUT_OF_RANGE = {
+    "model.head_dropout": ["-0.1", "1.0", "nan"],
+    "model.max_length": ["0", "513"],
+    "data.max_train_examples": ["0", "-1"],
+    "data.max_eval_examples": ["0"],
+    "train.batch_size": ["0", "-32"],
+    "train.eval_batch_size": ["0"],
+    "train.threads": ["0"],
+    "train.phases.0.epochs": ["-1"],
+    "train.phases.0.full_epochs": ["-1"],
+    "train.phases.0.lr": ["0", "-1e-5", "nan", "inf"],
+    "train.phases.0.head_lr": ["0", "-5e-4", "nan", "inf"],
+    "train.phases.0.steps_per_epoch": ["0"],
+    "train.phases.0.warmup_ratio": ["-0.1", "1.01", "nan"],
+    "train.phases.0.layer_lr_decay": ["0", "1.5", "nan"],
+    "train.phases.0.weight_decay": ["-0.01", "nan", "inf"],
+}
+
+
+def test_every_range_has_out_of_range_cases():
+    assert set(OUT_OF_RANGE) == set(RANGES) | {f"train.phases.0.{name}" for name in PHASE_RANGES}
+
+
+@pytest.mark.parametrize("key, value", [(k, v) for k, values in OUT_OF_RANGE.items() for v in values])
+def test_values_out_of_range_are_errors(key, value):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: \S+ is out of range \(allowed: [^)]+\)$"):
+        load_config(None, [f"{key}={value}"])
+
+
+def test_range_edges_are_allowed():
+    cfg = load_config(None, ["model.head_dropout=0", "model.max_length=512", "train.batch_size=1",
+                             "train.phases.0.epochs=0", "train.phases.0.warmup_ratio=1",
+                             "train.phases.0.layer_lr_decay=1", "train.phases.0.weight_decay=0",
+                             "data.max_train_examples=null", "train.phases.0.head_lr=null"])  # fmt: skip
+    assert cfg.train.phases[0].warmup_ratio == 1.0 and cfg.train.phases[0].head_lr is None

@@ -91,12 +91,18 @@ def test_skip_bad_rows_counts_them(tmp_path):
     result = TASKS["sst"].read(tmp_path, "train", skip_bad_rows=True)
     assert [e.id for e in result.examples] == ["a1", "a4"]
     assert result.skipped == 2
+    assert result.skipped_rows == [(3, "bad sentiment '9': expected an integer 0-4"), (4, "empty sentence")]
 
 
-def test_line_numbers_count_multiline_quoted_fields(tmp_path):
-    path = write(tmp_path, SST_HEADER + '0\ta1\t"two\nlines"\t3\n1\ta2\tx\t8\n')
-    with pytest.raises(DataError, match=f"{path}:4: bad sentiment"):
+def test_a_quoted_field_cannot_span_lines(tmp_path):
+    """A row is one physical line, so a quote left open is an error on its own line and line
+    numbers are physical lines."""
+    path = write(tmp_path, SST_HEADER + '0\ta1\t"two\nlines"\t3\n1\ta2\tx\t4\n')
+    with pytest.raises(DataError, match=f"{path}:2: unbalanced quote"):
         TASKS["sst"].read(tmp_path, "train")
+    result = TASKS["sst"].read(tmp_path, "train", skip_bad_rows=True)
+    assert [e.id for e in result.examples] == ["a2"]
+    assert [line for line, _ in result.skipped_rows] == [2, 3]
 
 
 def test_missing_file_and_directory(tmp_path):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
-from minbert.metrics import accuracy, overall_score, pearson
+from minbert.metrics import DivergedError, accuracy, overall_score, pearson
 
 
 def test_accuracy_against_numpy():
@@ -33,3 +33,13 @@ def test_shape_mismatch_is_an_error():
         accuracy([1, 2], [1])
     with pytest.raises(ValueError):
         pearson([1.0], [1.0])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_diverged_model_gets_no_score(bad):
+    """pearson used to return 0.0 for NaN predictions, so a diverged run scored a finite overall."""
+    with pytest.raises(DivergedError, match="pearson: 1 of 3 predictions are NaN or infinite: the model has diverged"):
+        pearson([1.0, bad, 3.0], [1.0, 2.0, 3.0])
+    with pytest.raises(DivergedError, match="accuracy: 1 of 3 predictions"):
+        accuracy([1.0, bad, 3.0], [1.0, 2.0, 3.0])
+    assert issubclass(DivergedError, ValueError)  # the CLI prints it as one error line
