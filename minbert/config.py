@@ -1,20 +1,23 @@
 """Run configuration: dataclasses with the baseline's defaults, YAML files, dotted overrides.
 
 A config file holds values only. `load_config(path, ["train.seed=3", "train.phases.0.lr=2e-5"])`
-merges the file over the defaults, applies the overrides, and rejects any unknown key.
+merges the file over the defaults and applies the overrides (OmegaConf structured configs, the
+dataclasses as the schema), rejects unknown keys and wrong types, then checks every value's
+range before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -98,91 +101,6 @@ class RunConfig:
 # ---------------------------------------------------------------------------------------
 
 
-def _merge(base: dict, update: dict, where: str) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v, f"{where}{k}.")
-        else:
-            out[k] = v
-    return out
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node: Any = tree
-    for i, k in enumerate(keys[:-1]):
-        node = _child(node, k, ".".join(keys[: i + 1]))
-    last = keys[-1]
-    if isinstance(node, list):
-        node[_index(node, last, dotted)] = value
-    else:
-        node[last] = value
-
-
-def _child(node: Any, key: str, path: str) -> Any:
-    if isinstance(node, list):
-        return node[_index(node, key, path)]
-    if not isinstance(node, dict) or key not in node:
-        raise ConfigError(f"unknown config key {path!r}")
-    return node[key]
-
-
-def _index(node: list, key: str, path: str) -> int:
-    if not key.isdigit() or int(key) >= len(node):
-        raise ConfigError(f"{path!r}: {key!r} is not an index of a list of {len(node)}")
-    return int(key)
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Construct dataclass `cls` from plain data, checking keys and types."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(where + k for k in unknown)}")
-    kwargs = {k: _coerce(hints[k], v, where + k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where + ".")
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(option, value, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(item, v, f"{where}.{i}") for i, v in enumerate(value)]
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads "2e-5" (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if tp in (str, bool) and isinstance(value, tp):
-        return value
-    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
-
-
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -190,31 +108,60 @@ def to_dict(cfg: Any) -> dict:
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
 ) -> RunConfig:
-    """Defaults (or `base`, a saved config) <- YAML file <- `key.sub=value` overrides (values
-    parsed as YAML, so `train.phases.0.tasks=[sst]` works)."""
-    tree = _merge(to_dict(RunConfig()), base or {}, "")
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"{path}: config file not found")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a config file must be a mapping")
-        tree = _merge(tree, loaded, "")
-    for item in overrides:
-        key, sep, raw = item.removeprefix("--").partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-        _set_dotted(tree, key, yaml.safe_load(raw))
+    """Defaults (or `base`, a saved config) <- YAML file <- `key.sub=value` overrides.
+
+    OmegaConf does the merging and the checking, with the dataclasses above as the schema:
+    an unknown key or a value of the wrong type is an error naming the dotted key. Override
+    values use OmegaConf's grammar (`train.phases.0.tasks=[sst]`, `train.phases=[{lr: 1e-3}]`),
+    and list indices work in keys (`train.phases.1.lr=2e-5`). Ranges are checked last."""
+    tree = OmegaConf.structured(RunConfig)
+    where = "config"
     try:
-        cfg = _build(RunConfig, tree, "")
-    except TypeError as e:  # pragma: no cover - dataclass arity errors
-        raise ConfigError(str(e)) from None
+        if base is not None:
+            tree = OmegaConf.merge(tree, base)
+        if path is not None:
+            path, where = Path(path), str(path)
+            if not path.is_file():
+                raise ConfigError(f"{path}: config file not found")
+            loaded = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{path}: a config file must be a mapping")
+            tree = OmegaConf.merge(tree, loaded)
+        for item in overrides:
+            where = f"override {item!r}"
+            _apply_override(tree, item.removeprefix("--"))
+        cfg = OmegaConf.to_object(tree)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_one_line(e, where)) from None
     validate(cfg)
     if cfg.train.budget == "full":  # idempotent, so a saved config reloads to itself
         for phase in cfg.train.phases:
             phase.epochs = phase.full_epochs if phase.full_epochs is not None else phase.epochs
     return cfg
+
+
+def _apply_override(tree: DictConfig, item: str) -> None:
+    key, sep, _ = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+    value = OmegaConf.select(OmegaConf.from_dotlist([item]), key)  # the value, parsed by OmegaConf's grammar
+    parts = key.split(".")
+    for i, part in enumerate(parts[1:], 1):  # a list index must exist: OmegaConf would only say "dict is not a P"
+        parent = OmegaConf.select(tree, ".".join(parts[:i]), throw_on_missing=False)
+        if isinstance(parent, ListConfig) and not (part.isdigit() and int(part) < len(parent)):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])!r}: {part!r} is not an index of a list of {len(parent)}")
+    OmegaConf.update(tree, key, value, merge=True)
+
+
+def _one_line(e: OmegaConfBaseException, where: str) -> str:
+    key = re.sub(r"\[(\d+)\]", r".\1", str(getattr(e, "full_key", "") or ""))
+    msg = str(getattr(e, "msg", None) or e).strip().splitlines()[0]
+    if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
+        name = re.search(r"Key '([^']+)'", msg)
+        hint = msg.split("Did you mean", 1)
+        unknown = key if key.endswith(name.group(1)) else f"{key}.{name.group(1)}".lstrip(".") if name else key
+        return f"unknown config key {unknown!r}" + (f" (did you mean{hint[1]})" if len(hint) == 2 else "") + f", in {where}"
+    return f"{key}: {msg}" if key else f"{where}: {msg}"
 
 
 CHOICES = {

@@ -35,10 +35,10 @@ def test_dotted_overrides():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.sed=3", "unknown config key"),
+        ("train.sed=3", "unknown config key 'train.sed' \\(did you mean: 'seed'\\?\\)"),
         ("nothing.here=1", "unknown config key 'nothing'"),
         ("train.phases.5.lr=1", "not an index"),
-        ("train.seed=abc", "train.seed: expected int"),
+        ("train.seed=abc", "train.seed: Value 'abc' of type 'str' could not be converted to Integer"),
         ("model.pooling=max", "model.pooling: 'max' is not one of"),
         ("train.phases.0.tasks=[sst, nli]", "must be a non-empty subset"),
         ("train.phases=[{lr: 1e-5, epoch: 2}]", "unknown config key"),

@@ -168,10 +168,10 @@ def test_a_diverged_model_is_an_error_not_a_score(tmp_path, small_data_dir, tiny
 
 BAD_FLAGS = [
     (["--config", "nope"], "config 'nope' not found"),
-    (["--train.sed=3"], "unknown config key(s): train.sed"),
+    (["--train.sed=3"], "unknown config key 'train.sed'"),
     (["--nothing.here=1"], "unknown config key 'nothing'"),
-    (["--train.batch_size=abc"], "train.batch_size: expected int, got 'abc'"),
-    (["--train.phases.0.lr=fast"], "train.phases.0.lr: expected float, got 'fast'"),
+    (["--train.batch_size=abc"], "train.batch_size: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["--train.phases.0.lr=fast"], "train.phases.0.lr: Value 'fast' of type 'str' could not be converted to Float"),
     (["--model.pooling=max"], "model.pooling: 'max' is not one of ('cls', 'mean')"),
     (["--train.batch_size=0"], "train.batch_size: 0 is out of range (allowed: >= 1)"),
     (["--train.batch_size=-8"], "train.batch_size: -8 is out of range (allowed: >= 1)"),
