@@ -339,10 +339,11 @@ def _run_epoch(net, phase, schedule, train_data, streams, optimizer, scheduler, 
     for task in tqdm(schedule, desc=desc, disable=not (progress and main), leave=False, mininterval=2.0):
         # Every rank draws the same global batch and trains on its own slice of it.
         indices = streams[task].next_indices(train_data[task], cfg.train.batch_size, cfg.train.seed)
+        mine, weight = distributed.local_share(indices)
         with distributed.autocast(torch.device(device), cfg.train.precision):
-            loss = _step_loss(net, task, distributed.local_slice(indices), train_data[task], phase, features, cfg, device)
+            loss = _step_loss(net, task, mine, train_data[task], phase, features, cfg, device)
         if loss.requires_grad:  # a parameter-free head on a frozen encoder has nothing to learn
-            loss.backward()
+            (loss * weight).backward()
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
