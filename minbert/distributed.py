@@ -2,8 +2,11 @@
 
 Every rank builds the same task schedule and the same global batches from the same seed, so
 all ranks draw the same task at every step; each rank trains on its slice of the global
-batch, and DDP averages the gradients. Only rank 0 writes files. Evaluation splits the
-examples across ranks and gathers the predictions, so every rank sees the same scores.
+batch, its loss weighted so that DDP's average of the gradients is the gradient of the whole
+batch (`local_share`). Only rank 0 writes files. Evaluation splits the examples across ranks
+and gathers the predictions, so every rank sees the same scores. Every rank also seeds torch
+alike, so ranks whose slices have the same shape draw the same dropout masks: the gradient's
+expectation is that of one process, its dropout noise less varied.
 """
 
 from __future__ import annotations
@@ -43,9 +46,38 @@ def barrier() -> None:
         dist.barrier()
 
 
-def local_slice(indices: list[int]) -> list[int]:
-    """This rank's part of a global batch (the whole batch in a single process)."""
-    return indices[rank() :: world_size()]
+def local_share(indices: list[int]) -> tuple[list[int], float]:
+    """This rank's part of a global batch, and the weight its mean loss takes before backward.
+
+    DDP averages the ranks' gradients with equal weights, but a batch of B examples does not
+    always split evenly (the last batch of a pass, or B not a multiple of the world size W):
+    rank r gets n_r examples. Its loss is the mean over those n_r, so weighting it by
+    n_r W / B makes DDP's average (1/W) sum_r (n_r W / B) mean_r equal (1/B) sum over all B
+    examples: the one-process loss of the whole batch. Equal slices (and one process) get 1.
+
+    Exact for losses that are means of per-example terms (cross-entropy, BCE, MSE). CoSENT
+    (`train.sts_loss=cosent` or `mse+cosent`) is a ranking loss over every pair of the batch and
+    does not split: under DDP each rank ranks only the pairs inside its own slice, a smaller
+    batch's loss than one process computes (as in-batch losses without a gather are anywhere).
+
+    A rank whose slice would be empty (a batch smaller than W) must still run forward and
+    backward, or DDP's gradient all-reduce waits for it forever: it takes the batch's first
+    example with weight 0.
+    """
+    world = world_size()
+    mine = indices[rank() :: world]
+    if not mine:
+        return indices[:1], 0.0
+    return mine, len(mine) * world / len(indices)
+
+
+def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """The mean of `t` over all ranks (a collective: every rank must call it at the same point)."""
+    if dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t)
+        t /= world_size()
+    return t
 
 
 def gather_predictions(mine: dict[int, float], n: int) -> list:

@@ -309,20 +309,20 @@ def log_sizes(out_dir: Path, names: tuple[str, ...]) -> dict[str, int]:
 
 
 class CheckpointTimer:
-    """Says when a mid-epoch checkpoint is due: every `every_steps` steps and/or every
-    `every_minutes` minutes of wall time (whichever comes first; None turns one off)."""
+    """Says when a mid-epoch checkpoint is due: `every_steps` steps and/or `every_minutes`
+    minutes of wall time after the last one (whichever comes first; None turns one off)."""
 
     def __init__(self, every_steps: int | None, every_minutes: float | None, clock: Callable[[], float] | None = None):
         import time
 
         self.every_steps, self.every_s = every_steps, (every_minutes * 60 if every_minutes else None)
         self.clock = clock or time.monotonic
-        self.last = self.clock()
+        self.reset(0)
 
     def due(self, step: int) -> bool:
-        by_steps = self.every_steps is not None and step % self.every_steps == 0
-        by_time = self.every_s is not None and self.clock() - self.last >= self.every_s
+        by_steps = self.every_steps is not None and step - self.last_step >= self.every_steps
+        by_time = self.every_s is not None and self.clock() - self.last_time >= self.every_s
         return by_steps or by_time
 
-    def reset(self) -> None:
-        self.last = self.clock()
+    def reset(self, step: int) -> None:
+        self.last_step, self.last_time = step, self.clock()

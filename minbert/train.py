@@ -206,6 +206,7 @@ class Run:
         self.earlier_s = self.progress.elapsed_s  # training time of earlier processes (resumed runs)
         self.saved_step = self.progress.step  # the step of out_dir/last.safetensors, if there is one
         self.timer = CheckpointTimer(self.cfg.train.checkpoint_every_steps, self.cfg.train.checkpoint_every_minutes)
+        self.timer.reset(self.progress.step)
 
     @property
     def main(self) -> bool:
@@ -226,7 +227,7 @@ class Run:
             self.optimizer.state_dict(), self.scheduler.state_dict(), rng_state(),
             self.mlm_head.state_dict() if self.mlm_head is not None else None), self.out_dir / LAST)  # fmt: skip
         self.saved_step = self.progress.step
-        self.timer.reset()
+        self.timer.reset(self.progress.step)
 
     def diverged(self, what: str) -> RunError:
         last = self.out_dir / LAST
@@ -415,9 +416,9 @@ def _run_epoch(run: Run, phase: PhaseConfig, schedule: list[str], desc: str) -> 
     for task in steps:
         # Every rank draws the same global batch and trains on its own slice of it.
         indices = run.streams[task].next_indices(run.data["train"][task], cfg.train.batch_size, cfg.train.seed)
+        mine, weight = distributed.local_share(indices)
         with distributed.autocast(run.device, cfg.train.precision):
-            loss = _step_loss(run.net, task, distributed.local_slice(indices), run.data["train"][task], phase,
-                              run.features, cfg, run.device)  # fmt: skip
+            loss = _step_loss(run.net, task, mine, run.data["train"][task], phase, run.features, cfg, run.device) * weight
         if loss.requires_grad:  # a parameter-free head on a frozen encoder has nothing to learn
             loss.backward()
             run.optimizer.step()
@@ -428,10 +429,10 @@ def _run_epoch(run: Run, phase: PhaseConfig, schedule: list[str], desc: str) -> 
         state.step_in_epoch += 1
         log.add(state.step, task, loss.detach(), lr)
         if len(log.pending) >= cfg.train.log_every_steps:
-            log.flush()
-        if run.main and state.step_in_epoch < len(schedule) and run.timer.due(state.step):
             log.flush()  # stops here on a non-finite loss, before anything is saved
-            run.save_last()
+            # Mid-epoch checkpoints at flush points only: every rank flushes at the same steps.
+            if run.main and state.step_in_epoch < len(schedule) and run.timer.due(state.step):
+                run.save_last()
     log.flush()
     return {t: round(state.loss_sums[t] / state.loss_counts[t], 5) for t in sorted(state.loss_sums)}
 
@@ -452,7 +453,8 @@ class StepLog:
     def flush(self) -> None:
         if not self.pending:
             return
-        values = torch.stack([p[2].float() for p in self.pending]).tolist()
+        # Each rank's loss is weighted by its share of the batch: their mean is the batch's loss.
+        values = distributed.mean_over_ranks(torch.stack([p[2].float() for p in self.pending])).tolist()
         for (step, task, _, _), v in zip(self.pending, values):
             if not math.isfinite(v):
                 raise self.run.diverged(f"the {task} loss at step {step} is {v}")

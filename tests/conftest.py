@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +18,18 @@ DATA_FILES = [
     "quora-train.csv", "quora-dev.csv", "quora-test-student.csv",
     "sts-train.csv", "sts-dev.csv", "sts-test-student.csv",
 ]  # fmt: skip
+
+
+# torch's thread count in tests: OMP_NUM_THREADS where set (to try 1 and 2), else 1 rather
+# than the machine's core count, on which the rounding of parallel reductions depends.
+THREADS = torch.get_num_threads() if "OMP_NUM_THREADS" in os.environ else 1
+
+
+@pytest.fixture(autouse=True)
+def thread_count():
+    """Every test starts with THREADS threads, whatever an earlier test's train() set
+    (train.threads sets the count for the whole process)."""
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +77,28 @@ def small_data_dir(tmp_path_factory, data_dir) -> Path:
     trees = (data_dir / "sst-trees-train.txt").read_text(encoding="utf-8").splitlines(keepends=True)
     (out / "sst-trees-train.txt").write_text("".join(trees[:48]), encoding="utf-8")
     return out
+
+
+def read_csv_ids(path: Path) -> list[str]:
+    with open(path, newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = next(reader)
+        return [row[header.index("id")] for row in reader]
+
+
+def check_prediction_files(out: Path, data_dir: Path) -> None:
+    """The six `{task}-{split}-output.csv` files: `id,prediction`, one row per input row of the
+    data file in input order, each prediction a valid value for its task."""
+    for task, source in [("sst", "ids-sst"), ("para", "quora"), ("sts", "sts")]:
+        for split, suffix in [("dev", "dev"), ("test", "test-student")]:
+            with open(out / f"{task}-{split}-output.csv", newline="") as f:
+                rows = list(csv.reader(f))
+            assert rows[0] == ["id", "prediction"]
+            assert [r[0] for r in rows[1:]] == read_csv_ids(data_dir / f"{source}-{suffix}.csv")
+            values = [r[1] for r in rows[1:]]
+            if task == "sst":
+                assert set(values) <= {"0", "1", "2", "3", "4"}
+            elif task == "para":
+                assert set(values) <= {"0", "1"}
+            else:
+                assert all(0.0 <= float(v) <= 5.0 for v in values)

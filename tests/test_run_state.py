@@ -132,11 +132,13 @@ def test_config_differences_lists_dotted_keys():
 def test_checkpoint_timer_by_steps_and_minutes():
     now = [0.0]
     timer = CheckpointTimer(every_steps=5, every_minutes=1.0, clock=lambda: now[0])
-    assert [s for s in range(1, 12) if timer.due(s)] == [5, 10]
+    assert [s for s in range(1, 12) if timer.due(s)] == [5, 6, 7, 8, 9, 10, 11]
+    timer.reset(7)
+    assert [s for s in range(8, 14) if timer.due(s)] == [12, 13]
     now[0] = 61.0
-    assert timer.due(3)
-    timer.reset()
-    assert not timer.due(3)
+    assert timer.due(8)
+    timer.reset(8)
+    assert not timer.due(9)
     assert not CheckpointTimer(None, None).due(5)
 
 

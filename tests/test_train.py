@@ -1,7 +1,6 @@
 """End to end on a tiny random BERT and a 48-row slice of each data file: the loss falls, all
 six prediction files are written in the stated format, and resuming reproduces a run."""
 
-import csv
 import json
 
 import pytest
@@ -23,11 +22,6 @@ def tiny_config(tiny_checkpoint, small_data_dir, tmp_path, *extra):
     ])  # fmt: skip
 
 
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.reader(f))
-
-
 def test_loss_falls(tiny_checkpoint, small_data_dir, tmp_path):
     cfg = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.predict_test=false", "train.eval_every_epoch=false",
                       "train.phases=[{tasks: [sst, para, sts], epochs: 12, lr: 3e-3}]")  # fmt: skip
@@ -39,6 +33,8 @@ def test_loss_falls(tiny_checkpoint, small_data_dir, tmp_path):
 
 
 def test_run_writes_everything_in_format(tiny_checkpoint, small_data_dir, tmp_path, data_dir):
+    from conftest import check_prediction_files
+
     out = tmp_path / "run"
     scores = train(tiny_config(tiny_checkpoint, small_data_dir, tmp_path), out, progress=False)
     assert {"config.yaml", "steps.jsonl", "epochs.jsonl", "best.safetensors", "last.safetensors", "metrics.json"} <= {p.name for p in out.iterdir()}
@@ -46,28 +42,9 @@ def test_run_writes_everything_in_format(tiny_checkpoint, small_data_dir, tmp_pa
     assert {"sst", "para", "sts", "overall"} <= set(metrics)
     assert metrics["overall"] == pytest.approx((metrics["sst"] + metrics["para"] + (metrics["sts"] + 1) / 2) / 3, abs=2e-4)
     assert scores["overall"] == metrics["overall"]
-    for task, source in [("sst", "ids-sst"), ("para", "quora"), ("sts", "sts")]:
-        for split, suffix in [("dev", "dev"), ("test", "test-student")]:
-            rows = read_csv(out / f"{task}-{split}-output.csv")
-            assert rows[0] == ["id", "prediction"]
-            inputs = read_csv_ids(small_data_dir / f"{source}-{suffix}.csv")
-            assert [r[0] for r in rows[1:]] == inputs  # one row per input row, input order
-            values = [r[1] for r in rows[1:]]
-            if task == "sst":
-                assert set(values) <= {"0", "1", "2", "3", "4"}
-            elif task == "para":
-                assert set(values) <= {"0", "1"}
-            else:
-                assert all(0.0 <= float(v) <= 5.0 for v in values)
+    check_prediction_files(out, small_data_dir)
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert [s["task"] for s in steps[:3]] == ["sst", "para", "sts"]
-
-
-def read_csv_ids(path):
-    with open(path, newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        header = next(reader)
-        return [row[header.index("id")] for row in reader]
 
 
 def test_resume_gives_the_same_result(tiny_checkpoint, small_data_dir, tmp_path):
