@@ -1,4 +1,4 @@
-"""`minbert train | evaluate | predict | reproduce`.
+"""`minbert train | evaluate | predict | reproduce | plot`.
 
 Config overrides are dotted keys after the named options: `minbert train --train.seed=3
 --train.phases.0.epochs=2`. `--model PATH` is short for `--model.checkpoint=PATH`.
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p_train.add_argument("--init-from", help="a finished run whose phases this config continues (e.g. Model E after D)")
     p_train.add_argument("--overwrite", action="store_true", help="start again in an --out that already holds a run")
-    p_eval = sub.add_parser("evaluate", help="dev scores of a saved checkpoint")
+    p_eval = sub.add_parser("evaluate", help="dev scores of a saved checkpoint, and pictures of its dev outputs")
+    p_eval.add_argument("--plots", help="where dev-outputs.json and the dev pictures go (default: the run directory)")
     p_pred = sub.add_parser("predict", help="write the six prediction files from a saved checkpoint")
     p_pred.add_argument("--out", required=True)
     for p in (p_eval, p_pred):
@@ -60,10 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     p_rep = sub.add_parser("reproduce", help="the seed report's Models A-F, with a table and a chart")
     p_rep.add_argument("--out", required=True)
     p_rep.add_argument("--models", default="A,B,C,D,E,F")
+    p_plot = sub.add_parser("plot", help="draw a run's pictures again: curves.png, and the dev pictures if evaluated")
+    p_plot.add_argument("run", help="a run directory")
     for p in (p_train, p_eval, p_pred, p_rep):
         p.add_argument("--model", help="BERT checkpoint directory (default: the embedded all-MiniLM-L6-v2)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args, unknown = parser.parse_known_args(argv)
+    if args.command == "plot":
+        return plot(Path(args.run), unknown, p_plot)
     active = {"train": p_train, "evaluate": p_eval, "predict": p_pred, "reproduce": p_rep}[args.command]
     overrides = _overrides(unknown, args.model, active)
 
@@ -84,16 +89,19 @@ def main(argv: list[str] | None = None) -> int:
                            overwrite=args.overwrite)  # fmt: skip
             print_scores(scores)
             print(f"run directory: {out}")
-        elif args.command in ("evaluate", "predict"):
+        elif args.command == "evaluate":
+            from minbert.reports.dev_report import evaluate_checkpoint
+
+            print_scores(evaluate_checkpoint(args.checkpoint, overrides, args.plots))
+        elif args.command == "predict":
             from minbert.train import predict_checkpoint
 
-            out = Path(args.out) if args.command == "predict" else None
+            out = Path(args.out)
             scores = predict_checkpoint(args.checkpoint, overrides, out, progress=not args.no_progress)
             print_scores(scores)
-            if out:
-                print(f"prediction files written to {out}")
+            print(f"prediction files written to {out}")
         elif args.command == "reproduce":
-            from minbert.reproduce import reproduce
+            from minbert.reports.reproduce import reproduce
 
             reproduce(Path(args.out), args.models.split(","), overrides, progress=not args.no_progress)
     except (ConfigError, DataError, CheckpointError, OSError, ValueError) as e:  # one line, no traceback
@@ -102,6 +110,23 @@ def main(argv: list[str] | None = None) -> int:
     except RunError as e:  # diverged, directory locked, a file that could not be written
         print(f"minbert: error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def plot(run: Path, unknown: list[str], parser: argparse.ArgumentParser) -> int:
+    if unknown:
+        parser.error(f"unrecognised arguments: {' '.join(unknown)}")
+    from minbert.reports.plots import NO_MATPLOTLIB, plot_run
+
+    try:
+        written = plot_run(run)
+    except FileNotFoundError as e:
+        print(f"minbert: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError:
+        print(f"minbert: error: {NO_MATPLOTLIB}", file=sys.stderr)
+        return 1
+    print("\n".join(str(path) for path in written))
     return 0
 
 

@@ -89,6 +89,7 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None
     checkpoint_every_minutes: float | None = 5.0
     log_every_steps: int = 50  # steps.jsonl is written (and losses checked finite) this often
+    tensorboard: bool = False  # also write the step losses, lr and dev scores to RUN/tensorboard/ (the tensorboard extra)
 
 
 @dataclass

@@ -33,10 +33,23 @@ def predict(
 ) -> list:
     """Predictions for every example of `data`, in input order. Batches are sorted by length
     (less padding); the order is restored afterwards."""
+    return _predict(model, task, data, batch_size, features, device, precision, soft=False)[0]
+
+
+@torch.inference_mode()
+def predict_soft(model: MultitaskBert, task: str, data: EncodedTask, batch_size: int = 128,
+                 device: torch.device | str = "cpu", precision: str = "fp32") -> tuple[list, list]:  # fmt: skip
+    """`predict`'s predictions and, from the same forward passes, what each was read from
+    (`TaskSpec.soft_predict`): the 5 class probabilities (SST), P(paraphrase), the similarity (STS)."""
+    return _predict(model, task, data, batch_size, None, device, precision, soft=True)
+
+
+def _predict(model, task, data, batch_size, features, device, precision, soft: bool) -> tuple[list, list | None]:
     spec = TASKS[task]
     was_training = model.training
     model.eval()
-    out: dict[int, float] = {}
+    hard: dict[int, float] = {}
+    probs: dict[int, float | list[float]] = {}
     device = torch.device(device)
     try:
         # Under several processes each rank predicts every world-th batch; all are gathered.
@@ -51,10 +64,13 @@ def predict(
             output = output.float()
             if not torch.isfinite(output).all():  # caught here: a NaN logit would still argmax to a class
                 raise RunError(f"the model's {task} outputs are not finite: it has diverged; nothing is predicted")
-            out.update(zip(indices, spec.predict(output).float().cpu().tolist()))
+            hard.update(zip(indices, spec.predict(output).float().cpu().tolist()))
+            if soft:
+                probs.update(zip(indices, spec.soft_predict(output).cpu().tolist()))
     finally:
         model.train(was_training)
-    return distributed.gather_predictions(out, len(data))
+    n = len(data)
+    return distributed.gather_predictions(hard, n), distributed.gather_predictions(probs, n) if soft else None
 
 
 def score(task: str, predictions: list, data: EncodedTask) -> float:

@@ -15,6 +15,7 @@ from minbert.data import ReadResult, read_table
 from minbert.metrics import accuracy, pearson
 
 SST_CLASSES = 5
+SST_CLASS_NAMES = ("very negative", "negative", "neutral", "positive", "very positive")  # labels 0-4
 
 
 def _sentiment_label(raw: str) -> int:
@@ -46,6 +47,8 @@ class TaskSpec:
     parse_label: Callable[[str], float | int]
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (model output, labels) -> scalar
     predict: Callable[[torch.Tensor], torch.Tensor]  # model output -> predictions
+    # model output -> what the prediction is read from: class probabilities (SST), P(paraphrase), the similarity (STS)
+    soft_predict: Callable[[torch.Tensor], torch.Tensor]
     metric: Callable[[list, list], float]
     metric_name: str
     label_dtype: torch.dtype
@@ -70,6 +73,7 @@ TASKS: dict[str, TaskSpec] = {
         parse_label=_sentiment_label,
         loss=lambda logits, y: F.cross_entropy(logits, y),
         predict=lambda logits: logits.argmax(dim=-1),
+        soft_predict=lambda logits: logits.softmax(dim=-1),
         metric=accuracy,
         metric_name="accuracy",
         label_dtype=torch.long,
@@ -84,6 +88,7 @@ TASKS: dict[str, TaskSpec] = {
         parse_label=_binary_label,
         loss=lambda logit, y: F.binary_cross_entropy_with_logits(logit, y),
         predict=lambda logit: (logit > 0).long(),
+        soft_predict=lambda logit: logit.sigmoid(),
         metric=accuracy,
         metric_name="accuracy",
         label_dtype=torch.float,
@@ -98,6 +103,7 @@ TASKS: dict[str, TaskSpec] = {
         parse_label=_similarity_label,
         loss=lambda score, y: F.mse_loss(score, y),
         predict=lambda score: score,
+        soft_predict=lambda score: score,
         metric=pearson,
         metric_name="pearson",
         label_dtype=torch.float,

@@ -27,6 +27,7 @@ from minbert.data import Example, length_bucketed_batches, resolve_data_dir
 from minbert.evaluation import dev_scores, predict, prediction_path, write_predictions
 from minbert.model import BertConfig, BertModel
 from minbert.multitask import EncodedTask, MultitaskBert
+from minbert.reports.plots import CURVES, DEV_OUTPUTS, EVALUATION_PICTURES, draw_curves, draw_or_explain
 from minbert.run_state import (BEST, LAST, Checkpoint, CheckpointTimer, Progress, RunError, RunLock, atomic_write,
                                config_differences, load_checkpoint, log_sizes, rng_state,
                                save_checkpoint, set_rng_state, truncate_logs)  # fmt: skip
@@ -178,8 +179,9 @@ LOGS = ("steps.jsonl", "epochs.jsonl")
 # Keys that may change when a run is resumed: they decide when files are written (and how
 # many threads compute), not what is computed.
 RESUMABLE_CHANGES = ("train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.log_every_steps",
-                     "train.threads")  # fmt: skip
-RUN_FILES = (LAST, BEST, "metrics.json", "timing.json", "config.yaml", *LOGS)
+                     "train.threads", "train.tensorboard")  # fmt: skip
+RUN_FILES = (LAST, BEST, "metrics.json", "timing.json", "config.yaml", *LOGS,
+             CURVES, DEV_OUTPUTS, *EVALUATION_PICTURES.values())  # fmt: skip
 
 
 @dataclass
@@ -201,6 +203,7 @@ class Run:
     optimizer: torch.optim.Optimizer | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     timer: CheckpointTimer | None = None
+    tensorboard: object | None = None  # a TensorBoardLog on rank 0 when train.tensorboard
 
     def __post_init__(self) -> None:
         self.earlier_s = self.progress.elapsed_s  # training time of earlier processes (resumed runs)
@@ -312,6 +315,10 @@ def _train(cfg, out_dir: Path, resume, stop_after_epochs, progress, device, init
             state = _continue_from(Path(init_from), cfg, model, out_dir)
     run = Run(cfg, out_dir, model, net, data, device, state, mlm_head, progress)
     run.streams = {t: TaskStream(t, **state.streams.get(t, {})) for t in data["train"]}
+    if run.main and cfg.train.tensorboard:
+        from minbert.reports.tensorboard import TensorBoardLog
+
+        run.tensorboard = TensorBoardLog(out_dir, state.step)
     sizes = {t: len(d) for t, d in data["train"].items()}
     epochs_this_call = 0
 
@@ -359,6 +366,8 @@ def _train(cfg, out_dir: Path, resume, stop_after_epochs, progress, device, init
                 with (out_dir / "epochs.jsonl").open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 print_epoch(record)
+                if run.tensorboard is not None:
+                    run.tensorboard.epoch(record)
             state.epoch = epoch + 1
             state.start_epoch()
             if state.epoch == phase.epochs:  # the checkpoint of a finished phase points at the next
@@ -368,6 +377,8 @@ def _train(cfg, out_dir: Path, resume, stop_after_epochs, progress, device, init
             distributed.barrier()
             epochs_this_call += 1
             if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+                if run.tensorboard is not None:
+                    run.tensorboard.close()
                 return {}
         state.phase, state.epoch = phase_idx + 1, 0  # also for a phase of 0 epochs
     model.bert.requires_grad_(True)
@@ -381,7 +392,12 @@ def _train(cfg, out_dir: Path, resume, stop_after_epochs, progress, device, init
         from minbert.features import FrozenFeatures
 
         features = FrozenFeatures(model, data, cfg, device)
-    return finish(model, data, cfg, out_dir, out_dir / BEST, device, time.time() - run.started, features)
+    scores = finish(model, data, cfg, out_dir, out_dir / BEST, device, time.time() - run.started, features)
+    if run.tensorboard is not None:
+        run.tensorboard.close()
+    if run.main:  # a picture that cannot be drawn is said, never fails the run
+        draw_or_explain(str(out_dir / CURVES), lambda: draw_curves(out_dir))
+    return scores
 
 
 def _checkpoint_to_resume(cfg: RunConfig, out_dir: Path) -> Checkpoint | None:
@@ -466,6 +482,8 @@ class StepLog:
         if self.path is not None:
             with self.path.open("a") as f:
                 f.write("".join(lines))
+        if self.run.tensorboard is not None:
+            self.run.tensorboard.steps([(step, task, v, lr) for (step, task, _, lr), v in zip(self.pending, values)])
         self.pending.clear()
 
 

@@ -5,7 +5,7 @@ import json
 import torch
 
 from minbert.config import load_config
-from minbert.reproduce import markdown_table, reproduce
+from minbert.reports.reproduce import markdown_table, reproduce
 from minbert.run_state import load_checkpoint
 from minbert.train import train
 

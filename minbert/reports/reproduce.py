@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from minbert.config import load_config
+from minbert.reports.plots import draw_or_explain, pyplot, save_figure
 
 # The seed report's Table 1 (test set): overall, SST, Para, STS.
 REPORT = {
@@ -62,10 +63,7 @@ def reproduce(out: Path, models: list[str], overrides: list[str] = (), progress:
     table = markdown_table(results)
     (out / "table.md").write_text(table)
     print(table)
-    try:
-        bar_chart(results, out / "scores.png")
-    except ImportError:
-        print("matplotlib is not installed: no chart (pip install 'minbert[plots]')")
+    draw_or_explain("the chart", lambda: bar_chart(results, out / "scores.png"))
     return results
 
 
@@ -91,11 +89,7 @@ def markdown_table(results: dict) -> str:
 
 
 def bar_chart(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     models = sorted(results)
     keys = ["overall", "sst", "para", "sts"]
     width = 0.2
@@ -111,5 +105,4 @@ def bar_chart(results: dict, path: Path) -> None:
     ax.set_title("Seed report's Models A-F on our data (bars) vs the report (black ticks)")
     ax.legend(fontsize=8, ncol=3, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
