@@ -94,6 +94,9 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
+    # The run's tasks: built-in names, paths to task YAML files, or declarations inline (see
+    # minbert.tasks). Paths are replaced by their content when loaded, so config.yaml is whole.
+    tasks: list[Any] = field(default_factory=lambda: ["sst", "para", "sts"])
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -176,7 +179,6 @@ PHASE_CHOICES = {
     "sampler": ("round_robin", "proportional", "annealed"),
     "decay": ("constant", "linear"),
 }
-TASK_NAMES = ("sst", "para", "sts")
 
 # The allowed range of every number: (test, the range in words). NaN fails every comparison,
 # so it is out of every range; None (where a field allows it) means "not set" and is not checked.
@@ -214,6 +216,19 @@ def _check_range(dotted: str, value: float | None, rule: tuple) -> None:
 
 
 def validate(cfg: RunConfig) -> None:
+    from minbert.tasks import TaskError, declared, specs_of
+
+    try:
+        cfg.tasks = [declared(entry, f"tasks.{i}") for i, entry in enumerate(cfg.tasks)]
+        specs = specs_of(cfg.tasks)
+    except TaskError as e:
+        raise ConfigError(str(e)) from None
+    if not specs:
+        raise ConfigError("tasks: at least one task is needed")
+    names = tuple(specs)
+    for name, spec in specs.items():
+        if spec.head == "cosine" and (spec.pair_encoding or cfg.model.pair_encoding) == "cross":
+            raise ConfigError(f"task {name!r}: head 'cosine' needs pair_encoding 'siamese'")
     for dotted, allowed in CHOICES.items():
         section, name = dotted.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -228,9 +243,9 @@ def validate(cfg: RunConfig) -> None:
         for name, allowed in PHASE_CHOICES.items():
             if getattr(phase, name) not in allowed:
                 raise ConfigError(f"train.phases.{i}.{name}: {getattr(phase, name)!r} is not one of {allowed}")
-        bad = [t for t in phase.tasks if t not in TASK_NAMES]
+        bad = [t for t in phase.tasks if t not in names]
         if bad or not phase.tasks:
-            raise ConfigError(f"train.phases.{i}.tasks: {phase.tasks} must be a non-empty subset of {TASK_NAMES}")
+            raise ConfigError(f"train.phases.{i}.tasks: {phase.tasks} must be a non-empty subset of the run's tasks {names}")
         for name, rule in PHASE_RANGES.items():
             _check_range(f"train.phases.{i}.{name}", getattr(phase, name), rule)
     if cfg.train.sts_loss not in ("mse", "cosent", "mse+cosent"):

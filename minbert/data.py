@@ -13,6 +13,7 @@ never loses a row: each needs a prediction.
 from __future__ import annotations
 
 import csv
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,33 +93,46 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     return found
 
 
+FORMATS = ("tsv", "csv", "jsonl")
+
+
 def read_table(
     path: str | Path,
     text_columns: Sequence[str],
     label_column: str | None,
     parse_label: Callable[[str], float | int] | None,
     skip_bad_rows: bool = False,
+    id_column: str = "id",
+    fmt: str = "tsv",
 ) -> ReadResult:
-    """Read one CS224N-format file. `label_column=None` reads a held-out (unlabelled) file,
-    whose bad rows are errors even with `skip_bad_rows`: a test file never loses a row."""
+    """Read one data file: `tsv` (the CS224N format) or `csv` with a header row, or `jsonl`
+    (one JSON object per line, the columns as keys). `label_column=None` reads a held-out
+    (unlabelled) file, whose bad rows are errors even with `skip_bad_rows`: a test file never
+    loses a row."""
     path = Path(path)
     if path.is_dir():
         raise DataError(path, None, "is a directory, not a data file")
     if not path.exists():
         raise DataError(path, None, "file not found")
-    needed = ["id", *text_columns] + ([label_column] if label_column else [])
+    needed = [id_column, *text_columns] + ([label_column] if label_column else [])
     examples: list[Example] = []
     skipped: list[tuple[int, str]] = []
     seen_ids: set[str] = set()
     header: list[str] | None = None
+    if fmt == "jsonl":  # no header line: every object names its columns
+        header, col = needed, {c: i for i, c in enumerate(needed)}
     with path.open("rb") as f:
         for line, raw in enumerate(f, start=1):
             try:
-                row = _split_line(raw)
-                if header is None:
-                    header, col = row, _columns(row, needed)
-                    continue
-                examples.append(_parse_row(row, header, col, text_columns, label_column, parse_label, seen_ids))
+                if fmt == "jsonl":
+                    row = _json_row(raw, needed)
+                else:
+                    row = _split_line(raw, "," if fmt == "csv" else "\t")
+                    if header is None:
+                        header, col = row, _columns(row, needed, fmt)
+                        continue
+                examples.append(_parse_row(row, header, col, text_columns, label_column, parse_label, seen_ids,
+                                           id_column, fmt))  # fmt: skip
             except ValueError as e:
                 if header is None or not skip_bad_rows:
                     raise DataError(path, line, str(e)) from None
@@ -132,21 +146,47 @@ def read_table(
     return ReadResult(examples, skipped, path)
 
 
-def _split_line(raw: bytes) -> list[str]:
-    """One physical line -> its fields, CSV quotes undone within the line (csv's strict mode).
-    Raises ValueError with the reason a user can act on."""
+def _decode(raw: bytes) -> str:
     if len(raw) > MAX_LINE_BYTES:
         limit = f"the {MAX_LINE_BYTES:,}-byte limit of one row"
         raise ValueError(f"line is {len(raw):,} bytes, over {limit} (a lost line break?)")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         bad = f"byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line"
         raise ValueError(f"invalid UTF-8: {bad} ({e.reason})") from None
+
+
+def _split_line(raw: bytes, delimiter: str = "\t") -> list[str]:
+    """One physical line -> its fields, CSV quotes undone within the line (csv's strict mode).
+    Raises ValueError with the reason a user can act on."""
+    text = _decode(raw)
     try:
-        return next(csv.reader([text], delimiter="\t", strict=True), [])
+        return next(csv.reader([text], delimiter=delimiter, strict=True), [])
     except csv.Error as e:
-        raise ValueError(_CSV_REASONS.get(str(e).split(" - ")[0], f"not a tab-separated row ({e})")) from None
+        reason = _CSV_REASONS.get(str(e).split(" - ")[0].replace(repr(delimiter), "'\t'"), f"not a well-formed row ({e})")
+        return _raise(reason.replace("'\t' expected", f"{delimiter!r} expected"))
+
+
+def _raise(reason: str):
+    raise ValueError(reason)
+
+
+def _json_row(raw: bytes, needed: list[str]) -> list[str]:
+    """One JSON Lines object -> the needed columns' values, as strings, in `needed` order."""
+    text = _decode(raw).strip()
+    if not text:
+        return []
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    absent = [c for c in needed if c not in obj]
+    if absent:
+        raise ValueError(f"missing key(s) {', '.join(absent)}; has {_clip(repr(sorted(obj)))}")
+    return ["" if obj[c] is None else str(obj[c]) for c in needed]
 
 
 _CSV_REASONS = {
@@ -158,21 +198,21 @@ _CSV_REASONS = {
 }
 
 
-def _columns(header: list[str], needed: list[str]) -> dict[str, int]:
+def _columns(header: list[str], needed: list[str], fmt: str = "tsv") -> dict[str, int]:
     absent = [c for c in needed if c not in header]
     if absent:
-        hint = " (the file must be tab-separated)" if len(header) == 1 else ""
+        hint = f" (the file must be {'tab' if fmt == 'tsv' else 'comma'}-separated)" if len(header) == 1 else ""
         missing = f"missing column(s) {', '.join(absent)}{hint}"
         raise ValueError(f"wrong header: {missing}; expected {needed}, got {_clip(repr(header))}")
     return {c: header.index(c) for c in needed}
 
 
-def _parse_row(row, header, col, text_columns, label_column, parse_label, seen_ids) -> Example:
+def _parse_row(row, header, col, text_columns, label_column, parse_label, seen_ids, id_column="id", fmt="tsv") -> Example:
     if not row:
         raise ValueError("empty line")
     if len(row) != len(header):
-        raise ValueError(f"expected {len(header)} tab-separated fields, found {len(row)}")
-    ex_id = row[col["id"]].strip()
+        raise ValueError(f"expected {len(header)} {'comma' if fmt == 'csv' else 'tab'}-separated fields, found {len(row)}")
+    ex_id = row[col[id_column]].strip()
     if not ex_id:
         raise ValueError("empty id")
     if ex_id in seen_ids:

@@ -11,10 +11,10 @@ from tqdm import tqdm
 
 from minbert import distributed
 from minbert.data import sorted_batches
-from minbert.metrics import overall_score
+from minbert.metrics import METRICS, mean_primary, overall_score
 from minbert.multitask import EncodedTask, MultitaskBert
 from minbert.run_state import RunError, atomic_write
-from minbert.tasks import TASKS
+from minbert.tasks import TASKS, is_seed_task_set
 
 # Optional stand-in for the encoder: (task, split-name, indices) -> feature tuple. Used when
 # the encoder is frozen and its vectors are cached (see minbert.features).
@@ -73,17 +73,36 @@ def _predict(model, task, data, batch_size, features, device, precision, soft: b
     return distributed.gather_predictions(hard, n), distributed.gather_predictions(probs, n) if soft else None
 
 
-def score(task: str, predictions: list, data: EncodedTask) -> float:
+def score(task: str, predictions: list, data: EncodedTask, metric: str | None = None) -> float:
+    """A task's metric (default: its primary) of predictions against the split's labels."""
     if data.labels is None:
         raise ValueError(f"{task}: this split has no labels to score against")
-    return TASKS[task].metric(predictions, data.labels.tolist())
+    return METRICS[metric or TASKS[task].primary](predictions, data.labels.tolist())
 
 
 def dev_scores(predictions: dict[str, list], dev: dict[str, EncodedTask]) -> dict[str, float]:
-    """{'sst', 'para', 'sts', 'overall'} from the three tasks' dev predictions."""
-    scores = {task: score(task, predictions[task], dev[task]) for task in ("sst", "para", "sts")}
-    scores["overall"] = overall_score(scores["sst"], scores["para"], scores["sts"])
+    """Each task's primary metric under its name, other declared metrics as `{task}_{metric}`,
+    and `overall`: the CS224N formula for the seed's three tasks, else the mean of the primary
+    metrics with correlations mapped to [0, 1] (see OVERALL_FORMULA)."""
+    scores, primaries = {}, {}
+    for task, preds in predictions.items():
+        spec = TASKS[task]
+        for metric in spec.metrics:
+            value = score(task, preds, dev[task], metric)
+            scores[task if metric == spec.primary else f"{task}_{metric}"] = value
+        primaries[task] = (spec.primary, scores[task])
+    if is_seed_task_set(predictions):
+        scores["overall"] = overall_score(scores["sst"], scores["para"], scores["sts"])
+    else:
+        scores["overall"] = mean_primary(primaries)
     return scores
+
+
+def overall_formula(tasks) -> str:
+    """How `overall` is computed for a task set, in words (metrics.json states it)."""
+    if is_seed_task_set(tasks):
+        return "CS224N: (sst accuracy + para accuracy + (sts pearson + 1) / 2) / 3"
+    return "mean over tasks of the primary metric, correlations mapped to [0, 1] by (r + 1) / 2"
 
 
 def write_predictions(path: Path, ids: list[str], predictions: list, task: str) -> None:

@@ -42,39 +42,53 @@ class LinearClassifier(nn.Module):
 
 
 class SiamesePairHead(nn.Module):
-    """Dropout on u and v, features [|u - v|, u * v], Linear -> one logit.
+    """Dropout on u and v, features [|u - v|, u * v], Linear -> one logit (or K logits).
 
     |u - v| is small and u * v large for similar sentences (seed report, sec. 4).
-    With `scale`, the logit becomes a score sigmoid(z) * scale (the report's STS head).
+    With `scale`, the logit becomes a score sigmoid(z) * scale + offset (the report's STS head,
+    scale 5, offset 0: a score in [offset, offset + scale]).
     """
 
-    def __init__(self, hidden: int, dropout: float, scale: float | None = None):
+    def __init__(self, hidden: int, dropout: float, scale: float | None = None, offset: float = 0.0, num_outputs: int = 1):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(2 * hidden, 1)
-        self.scale = scale
+        self.linear = nn.Linear(2 * hidden, num_outputs)
+        self.scale, self.offset = scale, offset
 
     def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         u, v = self.dropout(u), self.dropout(v)
-        z = self.linear(torch.cat([(u - v).abs(), u * v], dim=-1)).squeeze(-1)  # (B,)
-        return z if self.scale is None else torch.sigmoid(z) * self.scale
+        z = self.linear(torch.cat([(u - v).abs(), u * v], dim=-1))  # (B, outputs)
+        z = z.squeeze(-1) if z.shape[-1] == 1 else z  # (B,) for one output
+        return z if self.scale is None else _to_range(z, self.scale, self.offset)
 
 
 class CrossPairHead(nn.Module):
-    """Dropout -> Linear -> one logit on a cross-encoded pair; optional sigmoid * scale."""
+    """Dropout -> Linear -> one logit on one vector (a cross-encoded pair, or a sentence);
+    optional sigmoid * scale + offset."""
 
-    def __init__(self, hidden: int, dropout: float, scale: float | None = None):
+    def __init__(self, hidden: int, dropout: float, scale: float | None = None, offset: float = 0.0):
         super().__init__()
         self.inner = LinearClassifier(hidden, 1, dropout)
-        self.scale = scale
+        self.scale, self.offset = scale, offset
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         z = self.inner(u).squeeze(-1)  # (B,)
-        return z if self.scale is None else torch.sigmoid(z) * self.scale
+        return z if self.scale is None else _to_range(z, self.scale, self.offset)
 
 
 class CosineSimilarityHead(nn.Module):
-    """The report's baseline STS head: cosine similarity mapped onto [0, 5]. No parameters."""
+    """The report's baseline STS head: cosine similarity mapped onto [offset, offset + scale]
+    ([0, 5] for STS). No parameters."""
+
+    def __init__(self, scale: float = SIMILARITY_SCALE, offset: float = 0.0):
+        super().__init__()
+        self.scale, self.offset = scale, offset
 
     def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return (F.cosine_similarity(u, v, dim=-1) + 1.0) * (SIMILARITY_SCALE / 2.0)  # (B,)
+        s = (F.cosine_similarity(u, v, dim=-1) + 1.0) * (self.scale / 2.0)  # (B,)
+        return s + self.offset if self.offset else s
+
+
+def _to_range(z: torch.Tensor, scale: float, offset: float) -> torch.Tensor:
+    s = torch.sigmoid(z) * scale
+    return s + offset if offset else s  # no add for offset 0: the seed's STS head bit for bit

@@ -13,9 +13,9 @@ from torch import nn
 
 from minbert.config import ModelConfig
 from minbert.data import Example, pad_batch
-from minbert.heads import CosineSimilarityHead, CrossPairHead, LinearClassifier, SentimentMLP, SiamesePairHead, SIMILARITY_SCALE
+from minbert.heads import CosineSimilarityHead, CrossPairHead, LinearClassifier, SentimentMLP, SiamesePairHead
 from minbert.model import BertModel, mean_pool
-from minbert.tasks import SST_CLASSES, TaskSpec
+from minbert.tasks import BUILTIN, SEED_TASKS, TaskSpec
 from minbert.tokenizer import WordPieceTokenizer
 
 
@@ -89,24 +89,38 @@ class EncodedTask:
         return Batch(input_ids, mask, token_type_ids, self.siamese, labels, indices)
 
 
-def build_heads(cfg: ModelConfig, hidden: int) -> nn.ModuleDict:
-    """Heads by name, as the config chooses them (see ModelConfig for the choices)."""
+def build_head(spec: TaskSpec, cfg: ModelConfig, hidden: int) -> nn.Module:
+    """A task's head: what its declaration names, else by its kind and input (the seed's heads
+    for the seed's tasks: the 2-layer sentiment MLP, siamese or cross pair heads, sigmoid * 5)."""
     p = cfg.head_dropout
-    sentiment = {"mlp": SentimentMLP, "linear": LinearClassifier}[cfg.sentiment_head](hidden, SST_CLASSES, p)
-    if cfg.pair_encoding == "cross":
-        para, sts = CrossPairHead(hidden, p), CrossPairHead(hidden, p, scale=SIMILARITY_SCALE)
-    else:
-        para = SiamesePairHead(hidden, p)
-        sts = CosineSimilarityHead() if cfg.similarity_head == "cosine" else SiamesePairHead(hidden, p, SIMILARITY_SCALE)
-    return nn.ModuleDict({"sst": sentiment, "para": para, "sts": sts})
+    siamese = spec.is_pair and (spec.pair_encoding or cfg.pair_encoding) == "siamese"
+    if spec.kind == "classification":
+        head = spec.head or ("pair" if siamese else cfg.sentiment_head)
+        if head == "pair":
+            return SiamesePairHead(hidden, p, num_outputs=spec.num_classes)
+        return {"mlp": SentimentMLP, "linear": LinearClassifier}[head](hidden, spec.num_classes, p)
+    if spec.kind == "binary":
+        return SiamesePairHead(hidden, p) if siamese else CrossPairHead(hidden, p)
+    low, high = spec.value_range
+    if not siamese:
+        return CrossPairHead(hidden, p, scale=high - low, offset=low)
+    if (spec.head or cfg.similarity_head) == "cosine":
+        return CosineSimilarityHead(high - low, low)
+    return SiamesePairHead(hidden, p, high - low, low)
+
+
+def build_heads(cfg: ModelConfig, hidden: int, specs: dict[str, TaskSpec] | None = None) -> nn.ModuleDict:
+    """One head per task, in the run's task order (default: the seed's three)."""
+    specs = specs if specs is not None else {n: BUILTIN[n] for n in SEED_TASKS}
+    return nn.ModuleDict({name: build_head(spec, cfg, hidden) for name, spec in specs.items()})
 
 
 class MultitaskBert(nn.Module):
-    def __init__(self, bert: BertModel, cfg: ModelConfig):
+    def __init__(self, bert: BertModel, cfg: ModelConfig, specs: dict[str, TaskSpec] | None = None):
         super().__init__()
         self.cfg = cfg
         self.bert = bert
-        self.heads = build_heads(cfg, bert.config.hidden_size)
+        self.heads = build_heads(cfg, bert.config.hidden_size, specs)
 
     def embed(self, batch: Batch) -> torch.Tensor:
         """One vector per input sequence: (N, H)."""

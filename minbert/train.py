@@ -24,7 +24,7 @@ from minbert import distributed
 from minbert.checkpoint import CheckpointError, load_pretrained, resolve_checkpoint_dir
 from minbert.config import ConfigError, PhaseConfig, RunConfig, load_config, save_config, to_dict
 from minbert.data import Example, length_bucketed_batches, resolve_data_dir
-from minbert.evaluation import dev_scores, predict, prediction_path, write_predictions
+from minbert.evaluation import dev_scores, overall_formula, predict, prediction_path, write_predictions
 from minbert.model import BertConfig, BertModel
 from minbert.multitask import EncodedTask, MultitaskBert
 from minbert.reports.plots import CURVES, DEV_OUTPUTS, EVALUATION_PICTURES, draw_curves, draw_or_explain
@@ -32,10 +32,10 @@ from minbert.run_state import (BEST, LAST, Checkpoint, CheckpointTimer, Progress
                                config_differences, load_checkpoint, log_sizes, rng_state,
                                save_checkpoint, set_rng_state, truncate_logs)  # fmt: skip
 from minbert.samplers import epoch_schedule
-from minbert.tasks import TASKS
+from minbert.tasks import SEED_TASKS, TASKS, use_tasks
 from minbert.tokenizer import WordPieceTokenizer
 
-ALL_TASKS = ("sst", "para", "sts")
+ALL_TASKS = SEED_TASKS  # the seed report's three tasks; a run's own are cfg.tasks
 
 
 def set_seed(seed: int) -> None:
@@ -71,18 +71,22 @@ def read_all(cfg: RunConfig, splits: dict[str, tuple[str, ...]]) -> dict[str, di
     return out
 
 
-def needed_splits(cfg: RunConfig) -> dict[str, tuple[str, ...]]:
-    train_tasks = tuple(t for t in ALL_TASKS if any(t in p.tasks for p in cfg.train.phases))
-    splits = {"train": train_tasks, "dev": ALL_TASKS}
-    if cfg.train.predict_test:
-        splits["test"] = ALL_TASKS
+def needed_splits(cfg: RunConfig, train: bool = True, test: bool | None = None) -> dict[str, tuple[str, ...]]:
+    """The files a run reads, by split: the trained tasks' train files, every task's dev file,
+    and (test=None: if cfg.train.predict_test) the test file of every task that has one."""
+    specs = use_tasks(cfg.tasks)
+    splits = {"train": tuple(t for t in specs if any(t in p.tasks for p in cfg.train.phases))} if train else {}
+    splits["dev"] = tuple(specs)
+    if cfg.train.predict_test if test is None else test:
+        splits["test"] = tuple(t for t, spec in specs.items() if "test" in spec.files)
     return splits
 
 
 def encode_all(raw, tokenizer: WordPieceTokenizer, cfg: RunConfig) -> dict[str, dict[str, EncodedTask]]:
     return {
         split: {
-            task: EncodedTask(TASKS[task], examples, tokenizer, cfg.model.pair_encoding, cfg.model.max_length)
+            task: EncodedTask(TASKS[task], examples, tokenizer, TASKS[task].pair_encoding or cfg.model.pair_encoding,
+                              cfg.model.max_length)  # fmt: skip
             for task, examples in tasks.items()
         }
         for split, tasks in raw.items()
@@ -103,7 +107,7 @@ def build_model(cfg: RunConfig, bert_config: dict | None = None) -> tuple[Multit
         positions = bert.config.max_position_embeddings
         raise ConfigError(f"model.max_length: {cfg.model.max_length} is more than the {positions} positions "
                           f"(max_position_embeddings) of the checkpoint {ckpt_dir}")  # fmt: skip
-    return MultitaskBert(bert, cfg.model), tokenizer
+    return MultitaskBert(bert, cfg.model, use_tasks(cfg.tasks)), tokenizer
 
 
 def layer_id(name: str, num_layers: int) -> int:
@@ -267,6 +271,7 @@ def train(
 
 def _train(cfg, out_dir: Path, resume, stop_after_epochs, progress, device, init_from, overwrite) -> dict[str, float]:
     world = distributed.world_size()
+    use_tasks(cfg.tasks)  # the run's task declarations, where every part looks tasks up
     device = torch.device(device) if device else distributed.default_device()
     if world > 1 and any(p.mode == "mlm" for p in cfg.train.phases):
         raise ValueError("MLM phases run in one process; start them without torchrun")
@@ -502,20 +507,26 @@ def _step_loss(net, task, indices, data, phase, features, cfg, device) -> torch.
     return task_loss(task, output.float(), labels, cfg.train.sts_loss)
 
 
-def cosent_loss(scores: torch.Tensor, labels: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+def cosent_loss(scores: torch.Tensor, labels: torch.Tensor, scale: float = 20.0,
+                span: tuple[float, float] = (0.0, 5.0)) -> torch.Tensor:  # fmt: skip
     """CoSENT (Su 2022): log(1 + sum over pairs with y_i > y_j of exp(scale (s_j - s_i))).
-    A ranking loss on the predicted similarities, here on scores / 5 in [0, 1]."""
-    s = scores / 5.0
+    A ranking loss on the predicted scores, mapped from `span` (STS-B's [0, 5]) onto [0, 1]."""
+    low, high = span
+    s = scores / (high - low) if low == 0 else (scores - low) / (high - low)
     diff = scale * (s[None, :] - s[:, None])  # (B, B): s_j - s_i at [i, j]
     diff = diff.masked_fill(~(labels[:, None] > labels[None, :]), float("-inf"))
     return torch.logsumexp(torch.cat([torch.zeros(1, device=s.device, dtype=s.dtype), diff.flatten()]), dim=0)
 
 
 def task_loss(task: str, output: torch.Tensor, labels: torch.Tensor, sts_loss: str = "mse") -> torch.Tensor:
-    loss = TASKS[task].loss(output, labels)
-    if task == "sts" and sts_loss != "mse":
-        cosent = cosent_loss(output, labels)
-        loss = cosent if sts_loss == "cosent" else loss + cosent
+    """The task's declared loss; for a regression task, CoSENT instead of or added to MSE when
+    declared (`loss: cosent | mse+cosent`), or for STS when train.sts_loss says so."""
+    spec = TASKS[task]
+    name = sts_loss if task == "sts" and spec.loss_name == "mse" else spec.loss_name
+    loss = spec.loss(output, labels)
+    if name in ("cosent", "mse+cosent"):
+        cosent = cosent_loss(output, labels, scale=20.0, span=spec.value_range)
+        loss = cosent if name == "cosent" else loss + cosent
     return loss
 
 
@@ -523,7 +534,7 @@ def evaluate_dev(model, dev, cfg, device, features=None) -> dict[str, float]:
     preds = {
         task: predict(model, task, dev[task], cfg.train.eval_batch_size,
                       features.split_fn("dev", task) if features else None, device, cfg.train.precision)  # fmt: skip
-        for task in ALL_TASKS
+        for task in dev
     }
     return dev_scores(preds, dev)
 
@@ -537,7 +548,8 @@ def finish(model, data, cfg, out_dir, best_path, device, elapsed: float, feature
     model.to(device)
     scores = write_outputs(model, data, cfg, out_dir, device, features)
     if distributed.is_main():
-        atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(scores, indent=2) + "\n"))
+        metrics = json.dumps({**scores, "overall_formula": overall_formula(data["dev"])}, indent=2) + "\n"
+        atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(metrics))
         timing = json.dumps({"train_wall_s": round(elapsed, 1)}) + "\n"
         atomic_write(out_dir / "timing.json", lambda tmp: tmp.write_text(timing))
         print_history(out_dir / "epochs.jsonl")
@@ -548,11 +560,11 @@ def print_history(epochs_file: Path) -> None:
     """The per-epoch dev scores as a short table."""
     if not epochs_file.exists():
         return
-    print(f"{'phase':<20}{'epoch':>6}{'sst':>8}{'para':>8}{'sts':>8}{'overall':>9}")
-    for line in epochs_file.read_text().splitlines():
-        r = json.loads(line)
-        dev = r.get("dev")
-        cols = "".join(f"{dev[k]:>8.3f}" for k in ("sst", "para", "sts")) + f"{dev['overall']:>9.3f}" if dev else ""
+    records = [json.loads(line) for line in epochs_file.read_text().splitlines()]
+    names = next((list(r["dev"]) for r in records if r.get("dev")), ["overall"])
+    print(f"{'phase':<20}{'epoch':>6}" + "".join(f"{k:>9}" for k in names))
+    for r in records:
+        cols = "".join(f"{r['dev'][k]:>9.3f}" for k in names) if r.get("dev") else ""
         print(f"{r['phase']:<20}{r['epoch']:>6}{cols}{'  *' if r.get('best') else ''}")
 
 
@@ -574,7 +586,7 @@ def write_outputs(model, data, cfg, out_dir: Path, device, features=None) -> dic
 def print_epoch(record: dict) -> None:
     dev = record.get("dev", {})
     losses = " ".join(f"{t}={v:.3f}" for t, v in record["train_loss"].items())
-    cols = " ".join(f"{k} {dev[k]:.3f}" for k in ("sst", "para", "sts", "overall") if k in dev)
+    cols = " ".join(f"{k} {v:.3f}" for k, v in dev.items())
     mark = " *best" if record.get("best") else ""
     print(f"[{record['phase']} epoch {record['epoch']}] loss {losses} | dev {cols}{mark} | {record['elapsed_s']}s", flush=True)
 
@@ -620,8 +632,7 @@ def predict_checkpoint(checkpoint_path, overrides=(), out_dir: Path | None = Non
     """Dev scores of a saved model; with out_dir, also the six prediction files there."""
     device = torch.device(device) if device else distributed.default_device()
     model, tokenizer, cfg = load_trained(checkpoint_path, list(overrides))
-    splits = {"dev": ALL_TASKS, **({"test": ALL_TASKS} if out_dir else {})}
-    data = encode_all(read_all(cfg, splits), tokenizer, cfg)
+    data = encode_all(read_all(cfg, needed_splits(cfg, train=False, test=out_dir is not None)), tokenizer, cfg)
     model.to(device)
     if out_dir is None:
         return {k: round(v, 4) for k, v in evaluate_dev(model, data["dev"], cfg, device).items()}

@@ -14,7 +14,7 @@ import torch
 from minbert import distributed
 from minbert.evaluation import dev_scores, predict_soft
 from minbert.reports.plots import DEV_OUTPUTS, draw_evaluation, draw_or_explain, write_dev_outputs
-from minbert.train import ALL_TASKS, encode_all, load_trained, read_all
+from minbert.train import encode_all, load_trained, needed_splits, read_all
 
 
 def run_directory(checkpoint: str | Path) -> Path:
@@ -28,10 +28,10 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides=(), plots_dir: str | P
     pictures into plots_dir (default: the checkpoint's run directory)."""
     device = torch.device(device) if device else distributed.default_device()
     model, tokenizer, cfg = load_trained(checkpoint, list(overrides))
-    dev = encode_all(read_all(cfg, {"dev": ALL_TASKS}), tokenizer, cfg)["dev"]
+    dev = encode_all(read_all(cfg, needed_splits(cfg, train=False, test=False)), tokenizer, cfg)["dev"]
     model.to(device)
     outputs = {task: predict_soft(model, task, dev[task], cfg.train.eval_batch_size, device, cfg.train.precision)
-               for task in ALL_TASKS}  # fmt: skip
+               for task in dev}  # fmt: skip
     scores = dev_scores({task: hard for task, (hard, _) in outputs.items()}, dev)
     plots_dir = Path(plots_dir) if plots_dir else run_directory(checkpoint)
     plots_dir.mkdir(parents=True, exist_ok=True)
