@@ -131,13 +131,13 @@ def plot(run: Path, unknown: list[str], parser: argparse.ArgumentParser) -> int:
 
 
 def print_scores(scores: dict) -> None:
-    names = [("sst", "SST accuracy"), ("para", "Paraphrase accuracy"), ("sts", "STS Pearson r"), ("overall", "Overall")]
+    """Dev scores, one a line (the seed tasks by their long names), then the same as JSON."""
+    names = {"sst": "SST accuracy", "para": "Paraphrase accuracy", "sts": "STS Pearson r", "overall": "Overall"}
     print("dev scores")
-    for key, label in names:
-        if key in scores:
-            print(f"  {label:<22}{scores[key]:.4f}")
+    for key, value in scores.items():
+        if key != "train_wall_s":
+            print(f"  {names.get(key, key):<22}{value:.4f}")
     print(json.dumps(scores))
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

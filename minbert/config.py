@@ -130,6 +130,9 @@ def load_config(
             loaded = yaml.safe_load(path.read_text()) or {}
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{path}: a config file must be a mapping")
+            for i, entry in enumerate(loaded.get("tasks") or []):  # task files beside the config file
+                if isinstance(entry, str) and entry.endswith((".yaml", ".yml")) and (path.parent / entry).is_file():
+                    loaded["tasks"][i] = str(path.parent / entry)
             tree = OmegaConf.merge(tree, loaded)
         for item in overrides:
             where = f"override {item!r}"

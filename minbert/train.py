@@ -562,9 +562,10 @@ def print_history(epochs_file: Path) -> None:
         return
     records = [json.loads(line) for line in epochs_file.read_text().splitlines()]
     names = next((list(r["dev"]) for r in records if r.get("dev")), ["overall"])
-    print(f"{'phase':<20}{'epoch':>6}" + "".join(f"{k:>9}" for k in names))
+    widths = {k: max(9, len(k) + 2) for k in names}
+    print(f"{'phase':<20}{'epoch':>6}" + "".join(f"{k:>{widths[k]}}" for k in names))
     for r in records:
-        cols = "".join(f"{r['dev'][k]:>9.3f}" for k in names) if r.get("dev") else ""
+        cols = "".join(f"{r['dev'][k]:>{widths[k]}.3f}" for k in names) if r.get("dev") else ""
         print(f"{r['phase']:<20}{r['epoch']:>6}{cols}{'  *' if r.get('best') else ''}")
 
 
