@@ -34,7 +34,8 @@ def resolve_config(name_or_path: str | None) -> Path:
 def _overrides(unknown: list[str], model: str | None, parser: argparse.ArgumentParser) -> list[str]:
     out = []
     for item in unknown:
-        if not item.startswith("--") or "=" not in item or "." not in item.split("=", 1)[0]:
+        key = item.split("=", 1)[0]
+        if not item.startswith("--") or "=" not in item or ("." not in key and key != "--tasks"):
             parser.error(f"unrecognised argument {item!r} (config overrides look like --train.seed=3)")
         out.append(item[2:])
     if model:
