@@ -1,8 +1,9 @@
 """The training recipe: one plain function wiring the pieces in a fixed order.
 
-seed -> read and validate all data -> tokenizer and model -> for each phase: optimizer,
-schedule, epochs of sampled task batches, dev evaluation, checkpoints -> best checkpoint ->
-dev scores and the six prediction files.
+seed -> the run's tasks -> read and validate all data -> tokenizer and model -> for each
+phase: optimizer, schedule, epochs of sampled task batches, dev evaluation -> best checkpoint
+-> dev scores and the prediction files. What a checkpoint holds, and how a run resumes
+from one mid-epoch, is minbert/run_state.py; `Run` carries what the recipe's parts share.
 """
 
 from __future__ import annotations
