@@ -31,30 +31,46 @@ def predict(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
 ) -> list:
-    """Predictions for every example of `data`, in input order. Batches are sorted by length
-    (less padding); the order is restored afterwards."""
-    spec = TASKS[task]
+    """Predictions for every example of `data`, in input order (see `head_outputs`)."""
     was_training = model.training
     model.eval()
-    out: dict[int, float] = {}
     device = torch.device(device)
+
+    def forward(indices: list[int]) -> torch.Tensor:
+        with distributed.autocast(device, precision):
+            if features is not None:
+                return model(task, features=features(indices))
+            return model(task, data.batch(indices).to(device))
+
     try:
-        # Under several processes each rank predicts every world-th batch; all are gathered.
-        batches = sorted_batches(data.lengths, batch_size)[distributed.rank() :: distributed.world_size()]
-        # A bar on terminals only (tqdm's disable=None), so logs and CI stay clean.
-        for indices in tqdm(batches, desc=f"predict {task}", leave=False, disable=None, mininterval=2.0):
-            with distributed.autocast(device, precision):
-                if features is not None:
-                    output = model(task, features=features(indices))
-                else:
-                    output = model(task, data.batch(indices).to(device))
-            output = output.float()
-            if not torch.isfinite(output).all():  # caught here: a NaN logit would still argmax to a class
-                raise RunError(f"the model's {task} outputs are not finite: it has diverged; nothing is predicted")
-            out.update(zip(indices, spec.predict(output).float().cpu().tolist()))
+        outputs = head_outputs(forward, task, data, batch_size)
     finally:
         model.train(was_training)
-    return distributed.gather_predictions(out, len(data))
+    return TASKS[task].predict(outputs).float().tolist()
+
+
+# A batch's head outputs: (indices into an EncodedTask) -> (len(indices), ...) tensor.
+BatchForward = Callable[[list[int]], torch.Tensor]
+
+
+@torch.inference_mode()
+def head_outputs(forward: BatchForward, task: str, data: EncodedTask, batch_size: int = 128,
+                 progress: bool | None = None) -> torch.Tensor:
+    """The task head's raw outputs (SST logits (N, 5), paraphrase logits (N,), STS scores (N,))
+    for every example of `data`, in input order, as fp32 on the CPU. Batches are sorted by
+    length (less padding); the order is restored afterwards. `progress`: a bar; None = on
+    terminals only (tqdm's disable=None), so logs and CI stay clean."""
+    out: dict[int, list | float] = {}
+    # Under several processes each rank predicts every world-th batch; all are gathered.
+    batches = sorted_batches(data.lengths, batch_size)[distributed.rank() :: distributed.world_size()]
+    bar = tqdm(batches, desc=f"predict {task}", leave=False, disable=None if progress is None else not progress,
+               mininterval=2.0, unit="batch")  # fmt: skip
+    for indices in bar:
+        output = forward(indices).float()
+        if not torch.isfinite(output).all():  # caught here: a NaN logit would still argmax to a class
+            raise RunError(f"the model's {task} outputs are not finite: it has diverged; nothing is predicted")
+        out.update(zip(indices, output.cpu().tolist()))
+    return torch.tensor(distributed.gather_predictions(out, len(data)), dtype=torch.float32)
 
 
 def score(task: str, predictions: list, data: EncodedTask) -> float:
@@ -70,15 +86,32 @@ def dev_scores(predictions: dict[str, list], dev: dict[str, EncodedTask]) -> dic
     return scores
 
 
-def write_predictions(path: Path, ids: list[str], predictions: list, task: str) -> None:
-    """CSV `id,prediction`, one row per input row in input order; written atomically."""
-    fmt = TASKS[task].format_prediction
+PREDICTION_LAYOUTS = ("csv", "cs224n")
+
+
+def write_predictions(path: Path, ids: list[str], predictions: list, task: str, layout: str = "csv") -> None:
+    """One row per input row in input order, written atomically. `csv`: `id,prediction`.
+
+    `cs224n`: the course leaderboard's own layout, as the CS224N default final project's starter
+    code writes it (multitask_classifier.py, test_multitask; looked up in public copies of it):
+    a header `id \\t <column> \\n` (Predicted_Sentiment, Predicted_Is_Paraphrase,
+    Predicted_Similiary [sic]), then one `<id> , <prediction> \\n` line per example, each
+    prediction printed as the numpy value its evaluation.py returns (see TaskSpec.format_cs224n),
+    with the id lower-cased and stripped as its loader (datasets.py) reads it. Its test files come
+    out in shuffled order; ours keep the input order (the leaderboard matches rows by id)."""
+    spec = TASKS[task]
+    if layout not in PREDICTION_LAYOUTS:
+        raise ValueError(f"prediction layout {layout!r} is not one of {PREDICTION_LAYOUTS}")
 
     def write(tmp: Path) -> None:
+        if layout == "cs224n":
+            rows = "".join(f"{i.lower().strip()} , {spec.format_cs224n(p)} \n" for i, p in zip(ids, predictions))
+            tmp.write_bytes(f"id \t {spec.cs224n_column} \n{rows}".encode("utf-8"))
+            return
         with tmp.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["id", "prediction"])
-            writer.writerows((i, fmt(p)) for i, p in zip(ids, predictions))
+            writer.writerows((i, spec.format_prediction(p)) for i, p in zip(ids, predictions))
 
     atomic_write(path, write)
 

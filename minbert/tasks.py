@@ -4,10 +4,12 @@ from a label's dtype."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -15,6 +17,15 @@ from minbert.data import ReadResult, read_table
 from minbert.metrics import accuracy, pearson
 
 SST_CLASSES = 5
+SST_LABEL_NAMES = ("very negative", "negative", "neutral", "positive", "very positive")  # SST-5's labels 0-4
+# A pair is a paraphrase when sigmoid(logit) > this probability. `predict` compares the logit
+# with log(p / (1 - p)) instead (0 for 0.5): the same decision, with no rounding of the sigmoid.
+PARAPHRASE_THRESHOLD = 0.5
+
+
+def probability_logit(p: float) -> float:
+    """The logit whose sigmoid is p: log(p / (1 - p)); exactly 0.0 for p = 0.5."""
+    return math.log(p / (1.0 - p))
 
 
 def _sentiment_label(raw: str) -> int:
@@ -51,6 +62,10 @@ class TaskSpec:
     label_dtype: torch.dtype
     format_prediction: Callable[[float | int], str]
     output_prefix: str  # prediction files are {prefix}-{dev,test}-output.csv
+    # The CS224N leaderboard's layout (see evaluation.write_predictions): its header's column
+    # name, and the prediction as the course's starter code prints it.
+    cs224n_column: str
+    format_cs224n: Callable[[float | int], str]
 
     @property
     def is_pair(self) -> bool:
@@ -75,6 +90,8 @@ TASKS: dict[str, TaskSpec] = {
         label_dtype=torch.long,
         format_prediction=lambda p: str(int(p)),
         output_prefix="sst",
+        cs224n_column="Predicted_Sentiment",
+        format_cs224n=lambda p: str(int(p)),  # an int64 class index: `3`
     ),
     "para": TaskSpec(
         name="para",
@@ -83,12 +100,14 @@ TASKS: dict[str, TaskSpec] = {
         label_column="is_duplicate",
         parse_label=_binary_label,
         loss=lambda logit, y: F.binary_cross_entropy_with_logits(logit, y),
-        predict=lambda logit: (logit > 0).long(),
+        predict=lambda logit: (logit > probability_logit(PARAPHRASE_THRESHOLD)).long(),
         metric=accuracy,
         metric_name="accuracy",
         label_dtype=torch.float,
         format_prediction=lambda p: str(int(p)),
         output_prefix="para",
+        cs224n_column="Predicted_Is_Paraphrase",
+        format_cs224n=lambda p: str(float(p)),  # a float32 0 or 1 (sigmoid rounded): `1.0`
     ),
     "sts": TaskSpec(
         name="sts",
@@ -103,5 +122,7 @@ TASKS: dict[str, TaskSpec] = {
         label_dtype=torch.float,
         format_prediction=lambda p: f"{float(p):.4f}",
         output_prefix="sts",
+        cs224n_column="Predicted_Similiary",  # [sic], as the leaderboard expects it
+        format_cs224n=lambda p: str(np.float32(p)),  # a float32 in numpy's shortest form: `3.8712947`
     ),
 }
