@@ -27,6 +27,7 @@ import torch
 
 from minbert.checkpoint import CheckpointError
 from minbert.config import RunConfig, load_config, to_dict
+from minbert.data import DataError
 from minbert.model import BertConfig, BertModel
 from minbert.multitask import MultitaskBert
 from minbert.tasks import PARAPHRASE_THRESHOLD
@@ -147,7 +148,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, fmt: str, ove
         write_export(model, tokenizer, cfg, staged, fmt, ckpt.dev, str(checkpoint))
         report = None
         if fmt == "onnx" and check:
-            report = check_onnx(model, tokenizer, cfg, staged, check_limit)
+            try:
+                report = check_onnx(model, tokenizer, cfg, staged, check_limit)
+            except DataError as e:
+                raise DataError(e.path, e.line, f"{e.reason} (the ONNX check reads the dev files: pass "
+                                                "--data.dir=DIR, or --no-check)") from None  # fmt: skip
             if not report["agree"]:
                 raise ValueError(f"the ONNX graphs disagree with PyTorch on the dev files ({report}); nothing written")
         publish(staged, out_dir)
