@@ -11,19 +11,17 @@ import argparse
 import contextlib
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 
 from minbert.config import RunConfig, load_config
+from minbert.configs import resolve_config
 from minbert.data import resolve_data_dir
 from minbert.model import BertConfig, flops_per_token
 from minbert.multitask import MultitaskBert
 from minbert.tokenizer import WordPieceTokenizer
 from minbert.train import build_model
 
-REPO = Path(__file__).resolve().parent.parent
-MAIN_CONFIG = REPO / "configs" / "main.yaml"
 TASK_ORDER = ("sst", "para", "sts")  # round-robin order, as minbert's round_robin sampler
 
 
@@ -34,7 +32,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="random-initialised bert-base-sized encoder on both sides instead of the checkpoint")
     parser.add_argument("--only", choices=["minbert", "reference"], default=None, help="run one side only")
     parser.add_argument("--as-configured", action="store_true",
-                        help="minbert with configs/main.yaml's model section as it is, not the reference's model")
+                        help="minbert with minbert/configs/main.yaml's model section as it is, not the reference's model")
 
 
 # The reference's model: pooler output, each pair side encoded on its own, the seed report's heads.
@@ -43,10 +41,10 @@ MATCHED_MODEL = ["model.pooling=cls", "model.pair_encoding=siamese", "model.sent
 
 
 def load_run_config(data_dir: str | None, as_configured: bool = False) -> RunConfig:
-    """configs/main.yaml (the main training job's recipe: batch size, optimizer, precision) with
+    """minbert/configs/main.yaml (the main training job's recipe: batch size, optimizer, precision) with
     the data directory resolved; unless `as_configured`, its model section set to the reference's
     model, so that both sides compute the same function."""
-    cfg = load_config(MAIN_CONFIG, [] if as_configured else MATCHED_MODEL)
+    cfg = load_config(resolve_config("main"), [] if as_configured else MATCHED_MODEL)
     cfg.data.dir = str(resolve_data_dir(data_dir))
     return cfg
 

@@ -4,7 +4,7 @@ What: predictions for sst dev (1,101 sentences), quora dev (5,000 pairs) and sts
 in examples per second (an example is a sentence or a pair), tokenisation included, for
 - minbert: `encode_all` (tokenise into an EncodedTask) then `minbert.evaluation.predict`
   (length-sorted batches of 128, inference mode, both sides of a pair in one forward), with
-  configs/main.yaml's model section set to the reference's model (pooler output, siamese pairs,
+  minbert/configs/main.yaml's model section set to the reference's model (pooler output, siamese pairs,
   the seed report's heads; --as-configured keeps main.yaml's own model);
 - the reference in hf_reference.py: transformers.BertModel on the same checkpoint, eval() and
   torch.no_grad(), the slow BertTokenizer on each batch of 128 in input order, one forward

@@ -2,7 +2,7 @@
 
 What: fine-tuning steps over the real task mix (round-robin sst, para, sts over the three
 shared training sets), batch size 32, for
-- minbert, on its own training path: `build_model` from configs/main.yaml, data tokenised once
+- minbert, on its own training path: `build_model` from minbert/configs/main.yaml, data tokenised once
   up front by `encode_all`, length-bucketed batches from `TaskStream`, both sides of a pair in
   one encoder forward, `make_optimizer(..., fused=True)`, `task_loss`; main.yaml's model section
   is set to the reference's model (pooler output, siamese pairs, the seed report's heads), so

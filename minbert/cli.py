@@ -1,4 +1,4 @@
-"""`minbert train | evaluate | predict | reproduce | plot`.
+"""`minbert train | evaluate | predict | predict-files | export | reproduce | plot`.
 
 Config overrides are dotted keys after the named options: `minbert train --train.seed=3
 --train.phases.0.epochs=2`. `--model PATH` is short for `--model.checkpoint=PATH`.
@@ -12,23 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-MAIN_CONFIG = "main"
-
-
-def resolve_config(name_or_path: str | None) -> Path:
-    """A config file path, or a name in the repo's configs/ folder (`seed_f` -> configs/seed_f.yaml)."""
-    value = name_or_path or MAIN_CONFIG
-    path = Path(value)
-    if path.exists():
-        return path
-    for folder in (Path.cwd() / "configs", REPO_CONFIGS):
-        candidate = folder / f"{value}.yaml"
-        if candidate.exists():
-            return candidate
-    from minbert.config import ConfigError
-
-    raise ConfigError(f"config {value!r} not found (neither a file nor a name in {REPO_CONFIGS})")
+from minbert.configs import resolve_config
+from minbert.evaluation import PREDICTION_LAYOUTS
+from minbert.inference.export import FORMATS
+from minbert.inference.io import OUTPUT_FORMATS
+from minbert.inference.predictor import BACKENDS
 
 
 def _overrides(unknown: list[str], model: str | None, parser: argparse.ArgumentParser) -> list[str]:
@@ -54,23 +42,41 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--overwrite", action="store_true", help="start again in an --out that already holds a run")
     p_eval = sub.add_parser("evaluate", help="dev scores of a saved checkpoint, and pictures of its dev outputs")
     p_eval.add_argument("--plots", help="where dev-outputs.json and the dev pictures go (default: the run directory)")
-    p_pred = sub.add_parser("predict", help="write the six prediction files from a saved checkpoint")
-    p_pred.add_argument("--out", required=True)
-    for p in (p_eval, p_pred):
+    p_pred = sub.add_parser("predict", help="ask a trained model: sentiment of texts, paraphrase or similarity")
+    p_pred.add_argument("--task", required=True, help="sst, para, sts, or a task the run declared")
+    p_pred.add_argument("texts", nargs="*", help="texts (sst), or the two sides of each pair in turn (para, sts)")
+    p_pred.add_argument("--input", help="a CSV, TSV or JSONL file (`sentence`, or `sentence1,sentence2`); - for stdin")
+    p_pred.add_argument("--columns", help="the text column(s) of --input, comma-separated, where named otherwise")
+    p_pred.add_argument("--output", help="the predictions of --input, written atomically (default: stdout)")
+    p_pred.add_argument("--format", choices=OUTPUT_FORMATS, help="of --output (default: from its extension, else csv)")
+    p_pred.add_argument("--backend", choices=BACKENDS, default="torch", help="onnx: an export's ONNX graphs")
+    p_pred.add_argument("--batch-size", type=int, help="default: the run's eval_batch_size")
+    p_files = sub.add_parser("predict-files", help="write the six dataset prediction files (dev and test)")
+    p_files.add_argument("--out", required=True)
+    p_files.add_argument("--format", choices=PREDICTION_LAYOUTS, default="csv",
+                         help="csv: id,prediction; cs224n: the course leaderboard's layout (its starter code's)")
+    p_exp = sub.add_parser("export", help="the model as a Hugging Face BERT directory or ONNX graphs")
+    p_exp.add_argument("--out", required=True)
+    p_exp.add_argument("--format", choices=FORMATS, default="hf")
+    p_exp.add_argument("--check-limit", type=int, help="onnx: check on at most N dev examples per task (default: all)")
+    p_exp.add_argument("--no-check", action="store_true", help="onnx: do not check the graphs against PyTorch")
+    for p in (p_eval, p_pred, p_files, p_exp):
         p.add_argument("--checkpoint", required=True,
-                       help="a run directory (its best.safetensors) or a .safetensors checkpoint written by minbert train")
+                       help="a run directory (its best.safetensors) or a .safetensors checkpoint written by minbert "
+                            "train" + (" (or an export directory)" if p is p_pred else ""))  # fmt: skip
     p_rep = sub.add_parser("reproduce", help="the seed report's Models A-F, with a table and a chart")
     p_rep.add_argument("--out", required=True)
     p_rep.add_argument("--models", default="A,B,C,D,E,F")
     p_plot = sub.add_parser("plot", help="draw a run's pictures again: curves.png, and the dev pictures if evaluated")
     p_plot.add_argument("run", help="a run directory")
-    for p in (p_train, p_eval, p_pred, p_rep):
+    for p in (p_train, p_eval, p_pred, p_files, p_exp, p_rep):
         p.add_argument("--model", help="BERT checkpoint directory (default: the embedded all-MiniLM-L6-v2)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args, unknown = parser.parse_known_args(argv)
     if args.command == "plot":
         return plot(Path(args.run), unknown, p_plot)
-    active = {"train": p_train, "evaluate": p_eval, "predict": p_pred, "reproduce": p_rep}[args.command]
+    active = {"train": p_train, "evaluate": p_eval, "predict": p_pred, "predict-files": p_files, "export": p_exp,
+              "reproduce": p_rep}[args.command]  # fmt: skip
     overrides = _overrides(unknown, args.model, active)
 
     from minbert.checkpoint import CheckpointError
@@ -94,13 +100,37 @@ def main(argv: list[str] | None = None) -> int:
             from minbert.reports.dev_report import evaluate_checkpoint
 
             print_scores(evaluate_checkpoint(args.checkpoint, overrides, args.plots))
-        elif args.command == "predict":
+        elif args.command == "predict-files":
             from minbert.train import predict_checkpoint
 
             out = Path(args.out)
-            scores = predict_checkpoint(args.checkpoint, overrides, out, progress=not args.no_progress)
+            scores = predict_checkpoint(args.checkpoint, overrides, out, progress=not args.no_progress, layout=args.format)
             print_scores(scores)
-            print(f"prediction files written to {out}")
+            print(f"prediction files ({args.format}) written to {out}")
+        elif args.command == "predict":
+            from minbert.inference import io
+            from minbert.inference.predictor import Predictor
+
+            if bool(args.texts) == bool(args.input):
+                active.error("give either texts or --input FILE")
+            if not args.input and (args.output or args.columns or args.format):
+                active.error("--output, --columns and --format go with --input")
+            predictor = Predictor.load(args.checkpoint, args.backend, batch_size=args.batch_size, overrides=overrides)
+            if args.input:
+                columns = args.columns.split(",") if args.columns else None
+                summary = io.predict_file(predictor, args.task, args.input, columns, args.output, args.format,
+                                          progress=not args.no_progress)  # fmt: skip
+                print(f"minbert: {summary}", file=sys.stderr)
+            else:
+                print(io.answer_texts(predictor, args.task, args.texts))
+        elif args.command == "export":
+            from minbert.inference.export import export_checkpoint
+
+            report = export_checkpoint(args.checkpoint, args.out, args.format, overrides, args.check_limit,
+                                       check=not args.no_check)  # fmt: skip
+            if report:
+                print(f"ONNX vs PyTorch on the dev files: {json.dumps(report)}")
+            print(f"exported ({args.format}) to {args.out}")
         elif args.command == "reproduce":
             from minbert.reports.reproduce import reproduce
 

@@ -31,46 +31,61 @@ def predict(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
 ) -> list:
-    """Predictions for every example of `data`, in input order. Batches are sorted by length
-    (less padding); the order is restored afterwards."""
-    return _predict(model, task, data, batch_size, features, device, precision, soft=False)[0]
+    """Predictions for every example of `data`, in input order (see `head_outputs`)."""
+    return TASKS[task].predict(model_outputs(model, task, data, batch_size, features, device, precision)).float().tolist()
 
 
-@torch.inference_mode()
 def predict_soft(model: MultitaskBert, task: str, data: EncodedTask, batch_size: int = 128,
                  device: torch.device | str = "cpu", precision: str = "fp32") -> tuple[list, list]:  # fmt: skip
     """`predict`'s predictions and, from the same forward passes, what each was read from
-    (`TaskSpec.soft_predict`): the 5 class probabilities (SST), P(paraphrase), the similarity (STS)."""
-    return _predict(model, task, data, batch_size, None, device, precision, soft=True)
-
-
-def _predict(model, task, data, batch_size, features, device, precision, soft: bool) -> tuple[list, list | None]:
+    (`TaskSpec.soft_predict`): class probabilities, P(positive), or the score."""
+    outputs = model_outputs(model, task, data, batch_size, None, device, precision)
     spec = TASKS[task]
+    return spec.predict(outputs).float().tolist(), spec.soft_predict(outputs).tolist()
+
+
+def model_outputs(model: MultitaskBert, task: str, data: EncodedTask, batch_size: int = 128,
+                  features: FeatureFn | None = None, device: torch.device | str = "cpu",
+                  precision: str = "fp32") -> torch.Tensor:  # fmt: skip
+    """The model's head outputs for every example of `data`, in eval mode (see `head_outputs`)."""
     was_training = model.training
     model.eval()
-    hard: dict[int, float] = {}
-    probs: dict[int, float | list[float]] = {}
     device = torch.device(device)
+
+    def forward(indices: list[int]) -> torch.Tensor:
+        with distributed.autocast(device, precision):
+            if features is not None:
+                return model(task, features=features(indices))
+            return model(task, data.batch(indices).to(device))
+
     try:
-        # Under several processes each rank predicts every world-th batch; all are gathered.
-        batches = sorted_batches(data.lengths, batch_size)[distributed.rank() :: distributed.world_size()]
-        # A bar on terminals only (tqdm's disable=None), so logs and CI stay clean.
-        for indices in tqdm(batches, desc=f"predict {task}", leave=False, disable=None, mininterval=2.0):
-            with distributed.autocast(device, precision):
-                if features is not None:
-                    output = model(task, features=features(indices))
-                else:
-                    output = model(task, data.batch(indices).to(device))
-            output = output.float()
-            if not torch.isfinite(output).all():  # caught here: a NaN logit would still argmax to a class
-                raise RunError(f"the model's {task} outputs are not finite: it has diverged; nothing is predicted")
-            hard.update(zip(indices, spec.predict(output).float().cpu().tolist()))
-            if soft:
-                probs.update(zip(indices, spec.soft_predict(output).cpu().tolist()))
+        return head_outputs(forward, task, data, batch_size)
     finally:
         model.train(was_training)
-    n = len(data)
-    return distributed.gather_predictions(hard, n), distributed.gather_predictions(probs, n) if soft else None
+
+
+# A batch's head outputs: (indices into an EncodedTask) -> (len(indices), ...) tensor.
+BatchForward = Callable[[list[int]], torch.Tensor]
+
+
+@torch.inference_mode()
+def head_outputs(forward: BatchForward, task: str, data: EncodedTask, batch_size: int = 128,
+                 progress: bool | None = None) -> torch.Tensor:
+    """The task head's raw outputs (classification logits (N, K), binary logits (N,), regression
+    scores (N,)) for every example of `data`, in input order, as fp32 on the CPU. Batches are
+    sorted by length (less padding); the order is restored afterwards. `progress`: a bar; None =
+    on terminals only (tqdm's disable=None), so logs and CI stay clean."""
+    out: dict[int, list | float] = {}
+    # Under several processes each rank predicts every world-th batch; all are gathered.
+    batches = sorted_batches(data.lengths, batch_size)[distributed.rank() :: distributed.world_size()]
+    bar = tqdm(batches, desc=f"predict {task}", leave=False, disable=None if progress is None else not progress,
+               mininterval=2.0, unit="batch")  # fmt: skip
+    for indices in bar:
+        output = forward(indices).float()
+        if not torch.isfinite(output).all():  # caught here: a NaN logit would still argmax to a class
+            raise RunError(f"the model's {task} outputs are not finite: it has diverged; nothing is predicted")
+        out.update(zip(indices, output.cpu().tolist()))
+    return torch.tensor(distributed.gather_predictions(out, len(data)), dtype=torch.float32)
 
 
 def score(task: str, predictions: list, data: EncodedTask, metric: str | None = None) -> float:
@@ -105,15 +120,32 @@ def overall_formula(tasks) -> str:
     return "mean over tasks of the primary metric, correlations mapped to [0, 1] by (r + 1) / 2"
 
 
-def write_predictions(path: Path, ids: list[str], predictions: list, task: str) -> None:
-    """CSV `id,prediction`, one row per input row in input order; written atomically."""
-    fmt = TASKS[task].format_prediction
+PREDICTION_LAYOUTS = ("csv", "cs224n")
+
+
+def write_predictions(path: Path, ids: list[str], predictions: list, task: str, layout: str = "csv") -> None:
+    """One row per input row in input order, written atomically. `csv`: `id,prediction`.
+
+    `cs224n`: the course leaderboard's own layout, as the CS224N default final project's starter
+    code writes it (multitask_classifier.py, test_multitask; looked up in public copies of it):
+    a header `id \\t <column> \\n` (Predicted_Sentiment, Predicted_Is_Paraphrase,
+    Predicted_Similiary [sic]), then one `<id> , <prediction> \\n` line per example, each
+    prediction printed as the numpy value its evaluation.py returns (see TaskSpec.format_cs224n),
+    with the id lower-cased and stripped as its loader (datasets.py) reads it. Its test files come
+    out in shuffled order; ours keep the input order (the leaderboard matches rows by id)."""
+    spec = TASKS[task]
+    if layout not in PREDICTION_LAYOUTS:
+        raise ValueError(f"prediction layout {layout!r} is not one of {PREDICTION_LAYOUTS}")
 
     def write(tmp: Path) -> None:
+        if layout == "cs224n":
+            rows = "".join(f"{i.lower().strip()} , {spec.format_cs224n(p)} \n" for i, p in zip(ids, predictions))
+            tmp.write_bytes(f"id \t {spec.cs224n_column} \n{rows}".encode("utf-8"))
+            return
         with tmp.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["id", "prediction"])
-            writer.writerows((i, fmt(p)) for i, p in zip(ids, predictions))
+            writer.writerows((i, spec.format_prediction(p)) for i, p in zip(ids, predictions))
 
     atomic_write(path, write)
 

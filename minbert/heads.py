@@ -53,12 +53,12 @@ class SiamesePairHead(nn.Module):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(2 * hidden, num_outputs)
-        self.scale, self.offset = scale, offset
+        self.scale, self.offset, self.num_outputs = scale, offset, num_outputs
 
     def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         u, v = self.dropout(u), self.dropout(v)
         z = self.linear(torch.cat([(u - v).abs(), u * v], dim=-1))  # (B, outputs)
-        z = z.squeeze(-1) if z.shape[-1] == 1 else z  # (B,) for one output
+        z = z.squeeze(-1) if self.num_outputs == 1 else z  # (B,) for one output
         return z if self.scale is None else _to_range(z, self.scale, self.offset)
 
 

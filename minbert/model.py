@@ -210,9 +210,10 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         # A (B, 1, 1, T) boolean mask broadcasts over heads and query positions. A batch
-        # without padding needs none, which lets SDPA pick its fastest kernel.
+        # without padding needs none, which lets SDPA pick its fastest kernel; an exported
+        # ONNX graph always applies it, since it must serve padded batches too.
         attn_mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if attention_mask is not None and (torch.onnx.is_in_onnx_export() or not bool(attention_mask.all())):
             attn_mask = attention_mask.bool()[:, None, None, :]
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         x = self.encoder(x, attn_mask)  # (B, T, H)

@@ -13,7 +13,7 @@ from tokenizers import BertWordPieceTokenizer
 
 class WordPieceTokenizer:
     def __init__(self, vocab_file: str | Path, lowercase: bool = True):
-        self.vocab_file = Path(vocab_file)
+        self.vocab_file, self.lowercase = Path(vocab_file), lowercase
         if not self.vocab_file.exists():
             raise FileNotFoundError(f"{self.vocab_file}: vocab file not found")
         self._tok = BertWordPieceTokenizer(str(self.vocab_file), lowercase=lowercase)
@@ -42,3 +42,8 @@ class WordPieceTokenizer:
     def tokens(self, text: str) -> list[str]:
         self._tok.no_truncation()
         return self._tok.encode(text, add_special_tokens=False).tokens
+
+    def save(self, path: str | Path) -> None:
+        """The tokenizer as a `tokenizers` JSON file (a Hugging Face `tokenizer.json`), untruncated."""
+        self._tok.no_truncation()
+        self._tok.save(str(path))

@@ -570,9 +570,10 @@ def print_history(epochs_file: Path) -> None:
         print(f"{r['phase']:<20}{r['epoch']:>6}{cols}{'  *' if r.get('best') else ''}")
 
 
-def write_outputs(model, data, cfg, out_dir: Path, device, features=None) -> dict[str, float]:
-    """Dev predictions (scored) and, where loaded, test predictions, as the six CSV files.
-    Everything is predicted (and checked finite) before the first file is written."""
+def write_outputs(model, data, cfg, out_dir: Path, device, features=None, layout: str = "csv") -> dict[str, float]:
+    """Dev predictions (scored) and, where loaded, test predictions, as the six files (`layout`:
+    see evaluation.write_predictions). Everything is predicted (and checked finite) before the
+    first file is written."""
     preds = {
         (split, task): predict(model, task, encoded, cfg.train.eval_batch_size,
                                features.split_fn(split, task) if features else None, device, cfg.train.precision)
@@ -581,7 +582,7 @@ def write_outputs(model, data, cfg, out_dir: Path, device, features=None) -> dic
     scores = dev_scores({task: p for (split, task), p in preds.items() if split == "dev"}, data["dev"])
     if distributed.is_main():
         for (split, task), p in preds.items():
-            write_predictions(prediction_path(out_dir, task, split), data[split][task].ids, p, task)
+            write_predictions(prediction_path(out_dir, task, split), data[split][task].ids, p, task, layout)
     return {k: round(v, 4) for k, v in scores.items()}
 
 
@@ -619,7 +620,11 @@ def _continue_from(init_dir: Path, cfg: RunConfig, model: MultitaskBert, out_dir
 def load_trained(checkpoint_path: str | Path, overrides: list[str] = ()) -> tuple[MultitaskBert, WordPieceTokenizer, RunConfig]:
     """A model saved by `train` (a run directory, its best.safetensors or last.safetensors),
     with its config (overrides apply, e.g. data.dir)."""
-    ckpt = load_checkpoint(checkpoint_path)
+    return build_trained(load_checkpoint(checkpoint_path), overrides, checkpoint_path)
+
+
+def build_trained(ckpt: Checkpoint, overrides: list[str], checkpoint_path: str | Path) -> tuple[MultitaskBert, WordPieceTokenizer, RunConfig]:
+    """The model, tokenizer and config of a checkpoint already read (see load_trained)."""
     cfg = load_config(None, overrides, base=ckpt.config)
     try:
         model, tokenizer = build_model(cfg, ckpt.bert_config)
@@ -630,8 +635,9 @@ def load_trained(checkpoint_path: str | Path, overrides: list[str] = ()) -> tupl
     return model, tokenizer, cfg
 
 
-def predict_checkpoint(checkpoint_path, overrides=(), out_dir: Path | None = None, progress=True, device=None) -> dict:
-    """Dev scores of a saved model; with out_dir, also the six prediction files there."""
+def predict_checkpoint(checkpoint_path, overrides=(), out_dir: Path | None = None, progress=True, device=None,
+                       layout: str = "csv") -> dict:  # fmt: skip
+    """Dev scores of a saved model; with out_dir, also the six prediction files there, in `layout`."""
     device = torch.device(device) if device else distributed.default_device()
     model, tokenizer, cfg = load_trained(checkpoint_path, list(overrides))
     data = encode_all(read_all(cfg, needed_splits(cfg, train=False, test=out_dir is not None)), tokenizer, cfg)
@@ -639,4 +645,4 @@ def predict_checkpoint(checkpoint_path, overrides=(), out_dir: Path | None = Non
     if out_dir is None:
         return {k: round(v, 4) for k, v in evaluate_dev(model, data["dev"], cfg, device).items()}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return write_outputs(model, data, cfg, Path(out_dir), device)
+    return write_outputs(model, data, cfg, Path(out_dir), device, layout=layout)

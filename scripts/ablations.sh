@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The ablation table of docs/RESULTS.md: configs/ablation_base.yaml, then each technique alone,
+# The ablation table of docs/RESULTS.md: minbert/configs/ablation_base.yaml, then each technique alone,
 # then techniques together. Usage: scripts/ablations.sh OUT_DIR [extra overrides...]
 # Environment: ABLATIONS (rows to run, default all), EPOCHS and STEPS (the budget: round-robin
 # epochs of STEPS steps; default 1 x 240, the CPU table; the MLM row first spends STEPS/2 steps on

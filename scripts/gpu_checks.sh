@@ -28,7 +28,7 @@ bench train_base_b128 train_throughput.py --random-init-base --only minbert --ba
 bench predict_embedded predict_throughput.py
 }
 
-# The recipes of the sweep: phases as YAML, on top of configs/main.yaml (the default config).
+# The recipes of the sweep: phases as YAML, on top of minbert/configs/main.yaml (the default config).
 RR="name: multitask, tasks: [sst, para, sts], lr: 5.0e-5, head_lr: 5.0e-4, warmup_ratio: 0.1, decay: linear"
 TAIL="{name: sst_only, tasks: [sst], epochs: 1, lr: 2.0e-5, decay: linear}, {name: sts_only, tasks: [sts], epochs: 1, lr: 2.0e-5, decay: linear}"
 MLM="{name: mlm, mode: mlm, tasks: [sst, para, sts], epochs: 1, lr: 5.0e-5, warmup_ratio: 0.1, decay: linear}"

@@ -102,3 +102,30 @@ def check_prediction_files(out: Path, data_dir: Path) -> None:
                 assert set(values) <= {"0", "1"}
             else:
                 assert all(0.0 <= float(v) <= 5.0 for v in values)
+
+
+# Tiny trained runs for the inference tests: the two ways a pair reaches the heads.
+TINY_RUN_VARIANTS = {
+    # max_length 40: some dev pairs are truncated, so the dev checks cover truncation too
+    "cross": ["model.pair_encoding=cross", "model.pooling=mean", "model.max_length=40"],
+    "siamese": ["model.pair_encoding=siamese", "model.pooling=cls", "model.similarity_head=cosine"],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_checkpoint, small_data_dir, tmp_path_factory) -> dict[str, Path]:
+    """{variant: run directory} of one-epoch runs on the small data: cross-encoded pairs with mean
+    pooling, and siamese pairs with the pooler's [CLS] and a cosine STS head."""
+    from minbert.config import load_config
+    from minbert.train import train
+
+    runs = {}
+    for name, extra in TINY_RUN_VARIANTS.items():
+        out = tmp_path_factory.mktemp(f"run_{name}") / "run"
+        cfg = load_config(None, [
+            f"model.checkpoint={tiny_checkpoint}", f"data.dir={small_data_dir}", f"data.cache_dir={out.parent / 'cache'}",
+            "train.batch_size=8", "train.eval_batch_size=16", "train.threads=1", "train.phases=[{epochs: 1, lr: 1e-3}]",
+            *extra])  # fmt: skip
+        train(cfg, out, progress=False)
+        runs[name] = out
+    return runs

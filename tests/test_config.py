@@ -1,15 +1,15 @@
-"""Configs: every file in configs/ loads and builds; overrides; unknown keys are errors."""
+"""Configs: every shipped file in minbert/configs/ loads and builds; overrides; unknown keys are errors."""
 
 import re
-from pathlib import Path
 
 import pytest
 
 from minbert.config import PHASE_RANGES, RANGES, ConfigError, PhaseConfig, load_config, save_config
+from minbert.configs import CONFIG_DIR
 from minbert.multitask import MultitaskBert
 from minbert.model import BertConfig, BertModel
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 
 
 def test_there_are_configs():

@@ -242,9 +242,9 @@ def test_model_that_is_not_a_bert(tmp_path, small_data_dir, tiny_checkpoint, cap
     assert_one_error_line(code, err, f"minbert: error: {message}")
 
 
-@pytest.mark.parametrize("command", ["evaluate", "predict"])
+@pytest.mark.parametrize("command", ["evaluate", "predict-files"])
 def test_checkpoint_that_is_a_directory_or_missing(tmp_path, capsys, command):
-    out = ["--out", str(tmp_path / "preds")] if command == "predict" else []
+    out = ["--out", str(tmp_path / "preds")] if command == "predict-files" else []
     for path, problem in [(tmp_path, "a directory without best.safetensors"), (tmp_path / "best.pt", "no such checkpoint")]:
         code = cli_main([command, "--checkpoint", str(path), *out])
         assert_one_error_line(code, capsys.readouterr().err, f"minbert: error: {path}: {problem}")

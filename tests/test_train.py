@@ -94,7 +94,7 @@ def test_cli_train_evaluate_predict(tiny_checkpoint, small_data_dir, tmp_path, c
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["overall"] == pytest.approx(trained["overall"], abs=1e-4)
     pred_dir = tmp_path / "pred"
-    assert cli_main(["predict", "--checkpoint", str(out), "--out", str(pred_dir), f"--data.dir={small_data_dir}"]) == 0
+    assert cli_main(["predict-files", "--checkpoint", str(out), "--out", str(pred_dir), f"--data.dir={small_data_dir}"]) == 0
     for name in ("sst-dev-output.csv", "para-test-output.csv", "sts-test-output.csv"):
         assert (pred_dir / name).read_text() == (out / name).read_text()
     assert cli_main(["train", "--out", str(out), "--train.nope=1"]) == 2

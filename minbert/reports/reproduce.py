@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from minbert.config import load_config
+from minbert.configs import resolve_config
 from minbert.reports.plots import draw_or_explain, pyplot, save_figure
 
 # The seed report's Table 1 (test set): overall, SST, Para, STS.
@@ -35,7 +36,6 @@ CONTINUES = {"E": "D", "F": "E"}
 
 
 def reproduce(out: Path, models: list[str], overrides: list[str] = (), progress: bool = True) -> dict:
-    from minbert.cli import resolve_config
     from minbert.train import train
 
     out.mkdir(parents=True, exist_ok=True)

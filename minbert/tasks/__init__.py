@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
@@ -41,7 +42,17 @@ LOSSES = {"classification": ("cross_entropy",), "binary": ("bce",), "regression"
 DEFAULT_METRICS = {"classification": ["accuracy"], "binary": ["accuracy"], "regression": ["pearson"]}
 # Heads a declaration may name (None: the model config's choice, see minbert.multitask.build_heads).
 HEADS = {"classification": ("mlp", "linear", "pair"), "binary": ("linear", "pair"), "regression": ("linear", "pair", "cosine")}
-PARAPHRASE_THRESHOLD = 0.5  # a pair is a paraphrase when P >= 0.5 (logit > 0), as minbert evaluate decides
+# A pair is a paraphrase (a binary task's answer is 1) when sigmoid(logit) > this probability.
+# `predict` compares the logit with log(p / (1 - p)) instead (0 for 0.5): the same decision,
+# with no rounding of the sigmoid.
+PARAPHRASE_THRESHOLD = 0.5
+# The CS224N leaderboard's column names (its starter code's; "Similiary" [sic]).
+CS224N_COLUMNS = {"sst": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase", "sts": "Predicted_Similiary"}
+
+
+def probability_logit(p: float) -> float:
+    """The logit whose sigmoid is p: log(p / (1 - p)); exactly 0.0 for p = 0.5."""
+    return math.log(p / (1.0 - p))
 
 
 class TaskError(ValueError):
@@ -138,7 +149,7 @@ class TaskSpec:
         if self.kind == "classification":
             return output.argmax(dim=-1)
         if self.kind == "binary":
-            return (output > 0).long()  # P >= PARAPHRASE_THRESHOLD, up to P = 0.5 exactly
+            return (output > probability_logit(PARAPHRASE_THRESHOLD)).long()
         return output
 
     def soft_predict(self, output: torch.Tensor) -> torch.Tensor:
@@ -151,6 +162,18 @@ class TaskSpec:
 
     def format_prediction(self, p: float | int) -> str:
         return f"{float(p):.4f}" if self.kind == "regression" else str(int(p))
+
+    @property
+    def cs224n_column(self) -> str:
+        return CS224N_COLUMNS.get(self.name, f"Predicted_{self.name}")
+
+    def format_cs224n(self, p: float | int) -> str:
+        """The prediction as the CS224N starter code prints it (see evaluation.write_predictions):
+        a class index (`3`), a float32 0/1 from a rounded sigmoid (`1.0`), or a float32 score in
+        numpy's shortest form (`3.8712947`)."""
+        if self.kind == "classification":
+            return str(int(p))
+        return str(float(p)) if self.kind == "binary" else str(np.float32(p))
 
     def read(self, data_dir: Path, split: str, skip_bad_rows: bool = False) -> ReadResult:
         label_column = None if split == "test" else self.label_column
@@ -288,4 +311,4 @@ def is_seed_task_set(names) -> bool:
 
 
 SST_CLASSES = BUILTIN["sst"].num_classes
-SST_CLASS_NAMES = BUILTIN["sst"].label_names  # labels 0-4
+SST_CLASS_NAMES = SST_LABEL_NAMES = BUILTIN["sst"].label_names  # labels 0-4

@@ -1,0 +1,235 @@
+"""Exporting a trained model so that it can leave the project.
+
+`--format hf` writes a Hugging Face BERT directory: `config.json`, `model.safetensors` (the
+fine-tuned encoder; our parameter names are BertModel's), `vocab.txt`, `tokenizer.json`,
+`tokenizer_config.json` and `special_tokens_map.json`, so `transformers.BertModel.from_pretrained(DIR)`
+loads it. For a mean-pooled model it adds the sentence-transformers module files (`modules.json`,
+`sentence_bert_config.json`, `1_Pooling/config.json`), so `SentenceTransformer(DIR).encode`
+gives our sentence vectors. `--format onnx` writes one ONNX graph per task (see onnx_graphs).
+
+Both also write what minbert needs beside them: `minbert_heads.safetensors` (the task heads;
+hf only) and `minbert_config.json` (the run config, the BERT config, the paraphrase threshold,
+the dev scores), so that `Predictor.load(DIR)` works from the export alone. Everything is
+written into a temporary directory first, and put in place only when complete (and, for ONNX,
+checked against PyTorch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from minbert.checkpoint import CheckpointError
+from minbert.config import RunConfig, load_config, to_dict
+from minbert.data import DataError
+from minbert.model import BertConfig, BertModel
+from minbert.multitask import MultitaskBert
+from minbert.tasks import PARAPHRASE_THRESHOLD
+from minbert.tokenizer import WordPieceTokenizer
+
+MANIFEST = "minbert_config.json"
+HEADS = "minbert_heads.safetensors"
+FORMAT, VERSION = "minbert-export", 1
+FORMATS = ("hf", "onnx")
+SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                  "mask_token": "[MASK]"}  # fmt: skip
+
+
+@dataclass
+class Manifest:
+    """minbert_config.json, read back."""
+
+    cfg: RunConfig
+    bert_config: dict
+    threshold: float
+    dev: dict | None
+    source: str
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+def write_export(model: MultitaskBert, tokenizer: WordPieceTokenizer, cfg: RunConfig, directory: Path, fmt: str,
+                 dev: dict | None = None, source: str = "") -> None:  # fmt: skip
+    """Write the export files of `fmt` ("hf" or "onnx") into an existing, empty `directory`."""
+    if fmt not in FORMATS:
+        raise ValueError(f"export format {fmt!r} is not one of {FORMATS}")
+    directory = Path(directory)
+    bert_config = vars(model.bert.config)
+    manifest = {"format": FORMAT, "version": VERSION, "paraphrase_threshold": PARAPHRASE_THRESHOLD,
+                "config": to_dict(cfg), "bert_config": bert_config, "dev": dev, "source": source}  # fmt: skip
+    _write_json(directory / MANIFEST, manifest)
+    _write_tokenizer(tokenizer, cfg, directory)
+    if fmt == "onnx":
+        from minbert.inference.onnx_graphs import export_graphs
+
+        export_graphs(model, tokenizer, directory)
+        return
+    from safetensors.torch import save_file
+
+    def tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+
+    _write_json(directory / "config.json", bert_config | {"model_type": "bert", "architectures": ["BertModel"]})
+    save_file(tensors(model.bert), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    save_file(tensors(model.heads), str(directory / HEADS), metadata={"format": "pt"})
+    if cfg.model.pooling == "mean":
+        _write_sentence_transformers(model.bert.config, cfg, directory)
+
+
+def _write_json(path: Path, value: dict | list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def _write_tokenizer(tokenizer: WordPieceTokenizer, cfg: RunConfig, directory: Path) -> None:
+    """vocab.txt and the Hugging Face tokenizer files, saying what minbert's tokenizer does:
+    WordPiece with BERT's normaliser, lower-cased (uncased vocab), accents stripped with it."""
+    shutil.copyfile(tokenizer.vocab_file, directory / "vocab.txt")
+    tokenizer.save(directory / "tokenizer.json")
+    _write_json(directory / "tokenizer_config.json", {
+        "tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.lowercase, "strip_accents": None,
+        "tokenize_chinese_chars": True, "do_basic_tokenize": True, "model_max_length": cfg.model.max_length,
+        **SPECIAL_TOKENS})  # fmt: skip
+    _write_json(directory / "special_tokens_map.json", SPECIAL_TOKENS)
+
+
+def _write_sentence_transformers(bert_config: BertConfig, cfg: RunConfig, directory: Path) -> None:
+    """The module files of a sentence-transformers model: the BERT directory itself, then mean
+    pooling over the non-padding tokens (our model.mean_pool), no normalisation."""
+    _write_json(directory / "modules.json", [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}])  # fmt: skip
+    _write_json(directory / "sentence_bert_config.json",
+                {"max_seq_length": cfg.model.max_length, "do_lower_case": False})  # the tokenizer lower-cases
+    _write_json(directory / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": bert_config.hidden_size, "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False, "include_prompt": True})  # fmt: skip
+
+
+def publish(staged: Path, out_dir: Path) -> None:
+    """Move a complete export from `staged` to `out_dir`: a rename when out_dir is new; else
+    file by file into an empty directory or an earlier export (so hf and onnx can share one)."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        os.replace(staged, out_dir)
+        return
+    if not out_dir.is_dir() or (any(out_dir.iterdir()) and not is_export(out_dir)):
+        raise ValueError(f"{out_dir}: exists and is not a minbert export; choose a new or empty directory")
+    for path in sorted(p for p in staged.rglob("*") if p.is_file()):
+        target = out_dir / path.relative_to(staged)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, fmt: str, overrides: list[str] = (),
+                      check_limit: int | None = None, check: bool = True) -> dict | None:  # fmt: skip
+    """`minbert export`: a run directory or checkpoint file to `out_dir` in `fmt`. An ONNX export
+    is first checked against PyTorch on the dev files (`check_onnx`, up to `check_limit`
+    examples per task) and put in place only if they agree; returns that check's report."""
+    from minbert.run_state import load_checkpoint
+    from minbert.train import build_trained
+
+    ckpt = load_checkpoint(checkpoint)
+    model, tokenizer, cfg = build_trained(ckpt, list(overrides), checkpoint)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".export", dir=out_dir.parent))
+    try:
+        write_export(model, tokenizer, cfg, staged, fmt, ckpt.dev, str(checkpoint))
+        report = None
+        if fmt == "onnx" and check:
+            try:
+                report = check_onnx(model, tokenizer, cfg, staged, check_limit)
+            except DataError as e:
+                raise DataError(e.path, e.line, f"{e.reason} (the ONNX check reads the dev files: pass "
+                                                "--data.dir=DIR, or --no-check)") from None  # fmt: skip
+            if not report["agree"]:
+                raise ValueError(f"the ONNX graphs disagree with PyTorch on the dev files ({report}); nothing written")
+        publish(staged, out_dir)
+        return report
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def check_onnx(model: MultitaskBert, tokenizer: WordPieceTokenizer, cfg: RunConfig, directory: Path,
+               limit: int | None = None, sts_tolerance: float = 1e-4) -> dict:  # fmt: skip
+    """onnxruntime on the graphs in `directory` against PyTorch, on the dev files of cfg's data
+    directory: the same SST labels and paraphrase decisions, STS scores within `sts_tolerance`."""
+    from minbert.data import resolve_data_dir
+    from minbert.inference.onnx_graphs import OnnxBackend
+    from minbert.inference.predictor import Predictor, TorchBackend, split_inputs
+
+    dev = split_inputs(resolve_data_dir(cfg.data.dir), "dev", limit)
+    batch = cfg.train.eval_batch_size
+    ours = Predictor(TorchBackend(model, torch.device("cpu"), "fp32"), tokenizer, cfg.model, batch)
+    theirs = Predictor(OnnxBackend(directory, cfg.model), tokenizer, cfg.model, batch, backend_name="onnx")
+    return compare(ours, theirs, dev, sts_tolerance)
+
+
+def compare(a, b, dev: dict[str, list], sts_tolerance: float = 1e-4) -> dict:
+    """Two Predictors on the same inputs: SST labels and paraphrase decisions that differ, and the
+    largest STS difference."""
+    def both(task: str) -> zip:
+        return zip(a.predict(task, dev[task]).results, b.predict(task, dev[task]).results)
+
+    sst = sum(x.label != y.label for x, y in both("sst"))
+    para = sum(x.is_paraphrase != y.is_paraphrase for x, y in both("para"))
+    sts = max((abs(x - y) for x, y in both("sts")), default=0.0)
+    return {"examples": {t: len(v) for t, v in dev.items()}, "sst_labels_differ": sst, "para_decisions_differ": para,
+            "sts_max_abs_diff": sts, "agree": sst == 0 and para == 0 and sts <= sts_tolerance}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+
+
+def is_export(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    path = Path(directory) / MANIFEST
+    try:
+        raw = json.loads(path.read_text())
+        if raw.get("format") != FORMAT or raw.get("version") != VERSION:
+            raise ValueError(f"format {raw.get('format')!r} version {raw.get('version')!r}; "
+                             f"this minbert reads {FORMAT!r} {VERSION}")  # fmt: skip
+        cfg = load_config(None, [], base=raw["config"])
+        threshold = float(raw["paraphrase_threshold"])
+        return Manifest(cfg, dict(raw["bert_config"]), threshold, raw.get("dev"), raw.get("source", ""))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a readable minbert export ({type(e).__name__}: {e})") from None
+
+
+def read_tokenizer(directory: str | Path) -> WordPieceTokenizer:
+    return WordPieceTokenizer(Path(directory) / "vocab.txt")
+
+
+def load_model(directory: str | Path, manifest: Manifest) -> MultitaskBert:
+    """The MultitaskBert of an hf export: the encoder from model.safetensors, the heads beside it."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    files = [directory / "model.safetensors", directory / HEADS]
+    if not all(f.is_file() for f in files):
+        raise CheckpointError(f"{directory}: no PyTorch weights ({files[0].name}, {files[1].name}); an ONNX-only "
+                              "export is read with backend='onnx'")  # fmt: skip
+    model = MultitaskBert(BertModel(BertConfig(**manifest.bert_config)), manifest.cfg.model)
+    state = {f"bert.{k}": v for k, v in load_file(str(files[0])).items()}
+    state |= {f"heads.{k}": v for k, v in load_file(str(files[1])).items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{directory}: the weights do not fit the model its {MANIFEST} describes "
+                              f"({str(e).strip().splitlines()[0]})") from None  # fmt: skip
+    return model

@@ -1,0 +1,144 @@
+"""One ONNX graph per task (`sst.onnx`, `para.onnx`, `sts.onnx`), and running them with onnxruntime.
+
+Each graph is the encoder, the pooling and the task's head as one function of token tensors
+(int64, dynamic batch and sequence axes) to the head's raw output:
+
+| model | inputs | output |
+|---|---|---|
+| sst | input_ids, attention_mask | logits (B, 5) |
+| para / sts, cross-encoded | input_ids, attention_mask, token_type_ids | logit (B,) / score (B,) |
+| para / sts, siamese | input_ids_a, attention_mask_a, input_ids_b, attention_mask_b | logit (B,) / score (B,) |
+
+They are written by torch's TorchScript-based exporter (`dynamo=False`), which needs nothing
+beyond torch and onnx. onnxruntime and onnx are the optional extra `minbert[onnx]`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from minbert.config import ModelConfig
+from minbert.data import pad_batch
+from minbert.multitask import Batch, EncodedTask, MultitaskBert
+from minbert.tasks import TASKS
+from minbert.tokenizer import WordPieceTokenizer
+
+OPSET = 17
+INPUTS = {
+    "single": ("input_ids", "attention_mask"),
+    "cross": ("input_ids", "attention_mask", "token_type_ids"),
+    "siamese": ("input_ids_a", "attention_mask_a", "input_ids_b", "attention_mask_b"),
+}
+OUTPUTS = {"sst": "logits", "para": "logit", "sts": "score"}
+
+
+class MissingDependency(ValueError):
+    """An optional package that a chosen feature needs is not installed."""
+
+
+def graph_kind(task: str, pair_encoding: str) -> str:
+    if not TASKS[task].is_pair:
+        return "single"
+    return "siamese" if pair_encoding == "siamese" else "cross"
+
+
+def graph_path(directory: Path, task: str) -> Path:
+    return Path(directory) / f"{task}.onnx"
+
+
+class TaskGraph(nn.Module):
+    """One task of a MultitaskBert as a function of token tensors (see the table above)."""
+
+    def __init__(self, model: MultitaskBert, task: str):
+        super().__init__()
+        self.model, self.task = model, task
+        self.kind = graph_kind(task, model.cfg.pair_encoding)
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        def vectors(ids, mask, types=None):  # (B, H): the model's own pooling
+            return self.model.embed(Batch(ids, mask, types, False, None, []))
+
+        head = self.model.heads[self.task]
+        if self.kind == "siamese":
+            ids_a, mask_a, ids_b, mask_b = tensors
+            return head(vectors(ids_a, mask_a), vectors(ids_b, mask_b))
+        return head(vectors(*tensors))
+
+
+def _example_inputs(kind: str, tokenizer: WordPieceTokenizer) -> tuple[torch.Tensor, ...]:
+    """Two real sequences of different lengths, so that the traced graph sees padding."""
+    texts = ["a short one", "a longer sentence, to pad the other"]
+    if kind == "cross":
+        encoded = tokenizer.encode_pairs(texts, texts[::-1])
+        ids, mask = pad_batch([e[0] for e in encoded], tokenizer.pad_id)
+        return ids, mask, pad_batch([e[1] for e in encoded], 0)[0]
+    ids, mask = pad_batch(tokenizer.encode(texts), tokenizer.pad_id)
+    return (ids, mask) * (2 if kind == "siamese" else 1)
+
+
+def export_graphs(model: MultitaskBert, tokenizer: WordPieceTokenizer, directory: Path) -> list[Path]:
+    """Write `{task}.onnx` for the three tasks into `directory` (the model is put in eval mode)."""
+    _require("onnx", "the ONNX export")
+    model = model.to("cpu").eval()
+    paths = []
+    for task in TASKS:
+        graph = TaskGraph(model, task)
+        inputs = INPUTS[graph.kind]
+        # The two sides of a siamese pair are padded to lengths of their own: two sequence axes.
+        sequence = {name: "sequence" + (name[-2:] if graph.kind == "siamese" else "") for name in inputs}
+        axes = {name: {0: "batch", 1: sequence[name]} for name in inputs} | {OUTPUTS[task]: {0: "batch"}}
+        with warnings.catch_warnings():  # the TorchScript exporter announces its own deprecation
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(graph, _example_inputs(graph.kind, tokenizer), str(graph_path(directory, task)),
+                              input_names=list(inputs), output_names=[OUTPUTS[task]], dynamic_axes=axes,
+                              opset_version=OPSET, dynamo=False)  # fmt: skip
+        paths.append(graph_path(directory, task))
+    return paths
+
+
+def _require(module: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependency(f"{what} needs {module}: pip install 'minbert[onnx]'") from None
+
+
+class OnnxBackend:
+    """Runs an export's `{task}.onnx` graphs with onnxruntime on the CPU, with as many threads
+    as torch uses. A graph is loaded the first time its task is asked for."""
+
+    def __init__(self, directory: Path, model_cfg: ModelConfig):
+        self.ort = _require("onnxruntime", "the onnx backend")
+        self.directory, self.model_cfg = Path(directory), model_cfg
+        self.sessions: dict = {}
+        missing = [graph_path(self.directory, t).name for t in TASKS if not graph_path(self.directory, t).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.directory}: no {', '.join(missing)}; "
+                                    "write them with `minbert export --format onnx`")  # fmt: skip
+
+    def session(self, task: str):
+        if task not in self.sessions:
+            options = self.ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            options.log_severity_level = 3  # errors only
+            self.sessions[task] = self.ort.InferenceSession(str(graph_path(self.directory, task)), options,
+                                                            providers=["CPUExecutionProvider"])  # fmt: skip
+        return self.sessions[task]
+
+    def __call__(self, task: str, data: EncodedTask, indices: list[int]) -> torch.Tensor:
+        kind = graph_kind(task, self.model_cfg.pair_encoding)
+        if kind == "siamese":  # each side padded to its own length
+            a, b = data.side_batch(0, indices), data.side_batch(1, indices)
+            tensors = (a.input_ids, a.attention_mask, b.input_ids, b.attention_mask)
+        else:
+            batch = data.batch(indices)
+            tensors = (batch.input_ids, batch.attention_mask, batch.token_type_ids)[: len(INPUTS[kind])]
+        feeds = {name: t.numpy() for name, t in zip(INPUTS[kind], tensors)}
+        (output,) = self.session(task).run([OUTPUTS[task]], feeds)
+        return torch.from_numpy(output)

@@ -1,0 +1,123 @@
+"""`minbert export`: a Hugging Face BERT directory that transformers (and, mean-pooled,
+sentence-transformers) load with our numbers, ONNX graphs that onnxruntime runs with our
+decisions, and `Predictor.load(DIR)` from either export alone."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from minbert import Predictor
+from minbert.cli import main as cli_main
+from minbert.data import Example
+from minbert.inference.export import MANIFEST, export_checkpoint
+from minbert.inference.predictor import split_inputs
+from minbert.multitask import EncodedTask
+from minbert.tasks import TASKS
+
+TEXTS = ["A man plays a guitar.", "dull", "", "the movie was a triumph, " * 30]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_runs):
+    return tiny_runs
+
+
+@pytest.fixture(scope="module")
+def hf_exports(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hf")
+    for name, run in runs.items():
+        assert cli_main(["export", "--checkpoint", str(run), "--out", str(out / name), "--format", "hf"]) == 0
+    return {name: out / name for name in runs}
+
+
+def encode(predictor, texts):
+    data = EncodedTask(TASKS["sst"], [Example(str(i), (t,), None) for i, t in enumerate(texts)], predictor.tokenizer,
+                       "siamese", predictor.model_cfg.max_length)  # fmt: skip
+    return data.batch(list(range(len(texts))))
+
+
+def test_transformers_loads_the_encoder_with_our_hidden_states(runs, hf_exports):
+    from transformers import BertModel as HFBertModel
+
+    for name, out in hf_exports.items():
+        assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
+                "minbert_heads.safetensors", MANIFEST} <= {p.name for p in out.iterdir()}  # fmt: skip
+        ours = Predictor.load(runs[name]).backend.model.bert
+        hf = HFBertModel.from_pretrained(out).eval()
+        batch = encode(Predictor.load(runs[name]), TEXTS)
+        with torch.inference_mode():
+            hidden, pooled = ours(batch.input_ids, batch.attention_mask)
+            theirs = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        real = batch.attention_mask.bool()  # padding positions are nobody's output
+        torch.testing.assert_close(theirs.last_hidden_state[real], hidden[real], atol=1e-5, rtol=0)
+        torch.testing.assert_close(theirs.pooler_output, pooled, atol=1e-5, rtol=0)
+
+
+def test_predictor_from_the_export_alone(runs, hf_exports, small_data_dir, tmp_path):
+    for name, out in hf_exports.items():
+        moved = shutil.copytree(out, tmp_path / name)  # nothing of the run, nor of its base checkpoint, needed
+        manifest = json.loads((moved / MANIFEST).read_text())
+        assert manifest["paraphrase_threshold"] == 0.5 and manifest["dev"]["overall"] > 0
+        manifest["config"]["model"]["checkpoint"] = str(tmp_path / "no-such-checkpoint")
+        (moved / MANIFEST).write_text(json.dumps(manifest))
+        exported, original = Predictor.load(moved), Predictor.load(runs[name])
+        for task, inputs in split_inputs(small_data_dir, "dev").items():
+            assert exported.predict(task, inputs).results == original.predict(task, inputs).results, (name, task)
+
+
+def test_sentence_transformers_gives_our_mean_pooled_vectors(runs, hf_exports):
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+
+    out = hf_exports["cross"]  # the mean-pooled model
+    assert (out / "modules.json").exists() and (out / "1_Pooling" / "config.json").exists()
+    assert not (hf_exports["siamese"] / "modules.json").exists()  # [CLS] + pooler: not a sentence-transformers model
+    predictor = Predictor.load(runs["cross"])
+    with torch.inference_mode():
+        ours = predictor.backend.model.embed(encode(predictor, TEXTS))  # the longest text is truncated on both sides
+    theirs = SentenceTransformer(str(out), device="cpu").encode(TEXTS, convert_to_tensor=True)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+
+
+def test_onnx_graphs_agree_with_pytorch(runs, small_data_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    for name, run in runs.items():
+        out = tmp_path / name
+        report = export_checkpoint(run, out, "onnx")  # checked on the dev files before it is put in place
+        assert report["agree"] and report["examples"] == {"sst": 48, "para": 48, "sts": 48}, report
+        assert {"sst.onnx", "para.onnx", "sts.onnx", MANIFEST, "vocab.txt"} <= {p.name for p in out.iterdir()}
+        onnx, torch_ = Predictor.load(out, backend="onnx", batch_size=5), Predictor.load(run)
+        for task, inputs in split_inputs(small_data_dir, "dev").items():  # batches of 5: many batch sizes and lengths
+            a, b = onnx.predict(task, inputs).results, torch_.predict(task, inputs).results
+            if task == "sst":
+                assert [r.label for r in a] == [r.label for r in b]
+                torch.testing.assert_close(torch.tensor([r.probabilities for r in a]),
+                                           torch.tensor([r.probabilities for r in b]), atol=1e-5, rtol=0)
+            elif task == "para":
+                assert [r.is_paraphrase for r in a] == [r.is_paraphrase for r in b]
+            else:
+                assert a == pytest.approx(b, abs=1e-4)
+        assert onnx.sentiment(["", "word " * 300]) and onnx.similarity([("", "x")])  # empty and over-long
+
+
+def test_cli_predict_with_the_onnx_backend(runs, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "onnx"
+    assert cli_main(["export", "--checkpoint", str(runs["siamese"]), "--out", str(out), "--format", "onnx",
+                     "--check-limit", "8"]) == 0  # fmt: skip
+    assert '"agree": true' in capsys.readouterr().out
+    assert cli_main(["predict", "--checkpoint", str(out), "--backend", "onnx", "--task", "sts", "a dog", "a cat"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith("a dog | a cat")
+    assert cli_main(["predict", "--checkpoint", str(runs["siamese"]), "--backend", "onnx", "--task", "sst", "x"]) == 2
+    assert "minbert export" in capsys.readouterr().err
+
+
+def test_export_never_overwrites_a_foreign_directory(runs, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me\n")
+    assert cli_main(["export", "--checkpoint", str(runs["cross"]), "--out", str(out)]) == 2
+    assert "not a minbert export" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
