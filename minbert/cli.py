@@ -1,4 +1,4 @@
-"""`minbert train | evaluate | predict | predict-files | export | reproduce | plot`.
+"""`minbert train | evaluate | predict | predict-files | export | serve | reproduce | plot`.
 
 Config overrides are dotted keys after the named options: `minbert train --train.seed=3
 --train.phases.0.epochs=2`. `--model PATH` is short for `--model.checkpoint=PATH`.
@@ -17,6 +17,7 @@ from minbert.evaluation import PREDICTION_LAYOUTS
 from minbert.inference.export import FORMATS
 from minbert.inference.io import OUTPUT_FORMATS
 from minbert.inference.predictor import BACKENDS
+from minbert.inference.serve_limits import Limits
 
 
 def _overrides(unknown: list[str], model: str | None, parser: argparse.ArgumentParser) -> list[str]:
@@ -60,23 +61,42 @@ def main(argv: list[str] | None = None) -> int:
     p_exp.add_argument("--format", choices=FORMATS, default="hf")
     p_exp.add_argument("--check-limit", type=int, help="onnx: check on at most N dev examples per task (default: all)")
     p_exp.add_argument("--no-check", action="store_true", help="onnx: do not check the graphs against PyTorch")
-    for p in (p_eval, p_pred, p_files, p_exp):
+    p_serve = sub.add_parser("serve", help="a JSON API and a web page for a trained model (FastAPI + uvicorn)")
+    p_serve.add_argument("--host", default="127.0.0.1",
+                         help="address to listen on (default: 127.0.0.1, this machine only)")
+    p_serve.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    p_serve.add_argument("--backend", choices=BACKENDS, default="torch", help="onnx: an export's ONNX graphs")
+    p_serve.add_argument("--threads", type=int, help="torch threads for the forwards (default: torch's, one per core)")
+    limits = Limits()
+    p_serve.add_argument("--max-batch", type=int, default=limits.max_batch, help="inputs gathered from concurrent "
+                         f"requests into one forward (default: {limits.max_batch}; 1: one request per forward)")
+    p_serve.add_argument("--batch-wait-ms", type=float, default=limits.batch_wait_ms, help="how long a request waits "
+                         f"for others to share its forward (default: {limits.batch_wait_ms:g})")
+    p_serve.add_argument("--no-batching", action="store_true", help="one request per forward (--max-batch 1 "
+                         "--batch-wait-ms 0)")
+    p_serve.add_argument("--max-texts", type=int, default=limits.max_texts,
+                         help=f"texts or pairs in one request (default: {limits.max_texts})")
+    p_serve.add_argument("--max-chars", type=int, default=limits.max_chars,
+                         help=f"characters in one text (default: {limits.max_chars})")
+    p_serve.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes,
+                         help=f"bytes in a request body (default: {limits.max_body_bytes})")  # fmt: skip
+    for p in (p_eval, p_pred, p_files, p_exp, p_serve):
         p.add_argument("--checkpoint", required=True,
                        help="a run directory (its best.safetensors) or a .safetensors checkpoint written by minbert "
-                            "train" + (" (or an export directory)" if p is p_pred else ""))  # fmt: skip
+                            "train" + (" (or an export directory)" if p in (p_pred, p_serve) else ""))  # fmt: skip
     p_rep = sub.add_parser("reproduce", help="the seed report's Models A-F, with a table and a chart")
     p_rep.add_argument("--out", required=True)
     p_rep.add_argument("--models", default="A,B,C,D,E,F")
     p_plot = sub.add_parser("plot", help="draw a run's pictures again: curves.png, and the dev pictures if evaluated")
     p_plot.add_argument("run", help="a run directory")
-    for p in (p_train, p_eval, p_pred, p_files, p_exp, p_rep):
+    for p in (p_train, p_eval, p_pred, p_files, p_exp, p_serve, p_rep):
         p.add_argument("--model", help="BERT checkpoint directory (default: the embedded all-MiniLM-L6-v2)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args, unknown = parser.parse_known_args(argv)
     if args.command == "plot":
         return plot(Path(args.run), unknown, p_plot)
     active = {"train": p_train, "evaluate": p_eval, "predict": p_pred, "predict-files": p_files, "export": p_exp,
-              "reproduce": p_rep}[args.command]  # fmt: skip
+              "serve": p_serve, "reproduce": p_rep}[args.command]  # fmt: skip
     overrides = _overrides(unknown, args.model, active)
 
     from minbert.checkpoint import CheckpointError
@@ -131,6 +151,15 @@ def main(argv: list[str] | None = None) -> int:
             if report:
                 print(f"ONNX vs PyTorch on the dev files: {json.dumps(report)}")
             print(f"exported ({args.format}) to {args.out}")
+        elif args.command == "serve":
+            try:
+                from minbert.inference.serve import serve
+            except ModuleNotFoundError as e:
+                active.error(f"{e.name} is not installed: pip install 'minbert[serve]' (FastAPI and uvicorn)")
+            max_batch, wait_ms = (1, 0.0) if args.no_batching else (args.max_batch, args.batch_wait_ms)
+            limits = Limits(max_batch=max_batch, batch_wait_ms=wait_ms, max_texts=args.max_texts,
+                            max_chars=args.max_chars, max_body_bytes=args.max_body_bytes)  # fmt: skip
+            serve(args.checkpoint, args.host, args.port, limits, args.backend, overrides, args.threads)
         elif args.command == "reproduce":
             from minbert.reports.reproduce import reproduce
 

@@ -1,11 +1,21 @@
-"""Shared fixtures: the shared data directory, a tiny random BERT checkpoint, a small data slice."""
+"""Shared fixtures: the shared data directory, a tiny random BERT checkpoint, a small data slice,
+tiny trained runs; a server in this process and a loopback HTTP client (the serve tests)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import http.client
+import json
 import os
 import shutil
+import socket
+import threading
+import time
 from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import torch
@@ -129,3 +139,62 @@ def tiny_runs(tiny_checkpoint, small_data_dir, tmp_path_factory) -> dict[str, Pa
         train(cfg, out, progress=False)
         runs[name] = out
     return runs
+
+
+# --- `minbert serve` in this process (tests/test_serve.py, tests/test_serve_page.py) ---------
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("minbert serve page")
+    group.addoption("--serve-checkpoint", help="tests/test_serve_page.py: serve this run (default: a tiny trained run)")
+    group.addoption("--screenshots-to", help="tests/test_serve_page.py: also copy its screenshots to this directory "
+                                             "(serve-phone.png, serve-desktop.png)")  # fmt: skip
+
+
+@contextlib.contextmanager
+def serving(app, timeout: float = 30.0) -> Iterator[str]:
+    """`app` under uvicorn on a free 127.0.0.1 port, in a background thread; yields its base URL
+    and stops the server (`should_exit`) on the way out."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))  # bound here, so no other process can take the port in between
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start within {timeout} s")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
+
+
+def request(url: str, path: str, body: Any = None, method: str | None = None, headers: dict | None = None,
+            timeout: float = 30.0) -> tuple[int, Any]:  # fmt: skip
+    """One HTTP request to a loopback server: (status, its JSON answer, or its text where not JSON).
+    `body`: bytes as they are, an iterator of bytes chunked, anything else as JSON."""
+    address = urlsplit(url)
+    assert address.hostname == "127.0.0.1", "the tests talk to loopback only"
+    headers = dict(headers or {})
+    if body is not None and not isinstance(body, bytes) and not hasattr(body, "__next__"):
+        body = json.dumps(body).encode()
+    if body is not None:
+        headers.setdefault("Content-Type", "application/json")
+    conn = http.client.HTTPConnection(address.hostname, address.port, timeout=timeout)
+    try:
+        conn.request(method or ("GET" if body is None else "POST"), path, body, headers,
+                     encode_chunked=hasattr(body, "__next__"))  # fmt: skip
+        response = conn.getresponse()
+        data = response.read()
+    finally:
+        conn.close()
+    try:
+        return response.status, json.loads(data)
+    except ValueError:
+        return response.status, data.decode("utf-8", "replace")

@@ -36,7 +36,8 @@ def test_wheel_holds_the_configs_and_the_console_script(wheel):
     assert {"minbert/configs/main.yaml", "minbert/configs/best.yaml"} <= shipped <= set(names)
     assert {"minbert/configs/tasks/cfimdb.yaml", "minbert/tasks/builtin/sst.yaml", "minbert/tasks/builtin/para.yaml",
             "minbert/tasks/builtin/sts.yaml"} <= set(names)  # fmt: skip
-    assert {"minbert/inference/predictor.py", "minbert/inference/export.py"} <= set(names)
+    assert {"minbert/inference/predictor.py", "minbert/inference/export.py", "minbert/inference/serve.py",
+            "minbert/inference/static/index.html"} <= set(names)  # fmt: skip
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[console_scripts]" in text and "minbert = minbert.cli:main" in text

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 
 from minbert import distributed
-from minbert.config import ModelConfig
+from minbert.config import ModelConfig, RunConfig
 from minbert.data import Example
 from minbert.evaluation import head_outputs
 from minbert.heads import SIMILARITY_SCALE
@@ -83,6 +83,11 @@ class Predictor:
     """A trained model behind three calls: `sentiment`, `paraphrase` and `similarity` (and
     `predict(task, inputs)`, which also reports truncation). Build one with `Predictor.load`."""
 
+    # What `load` read beside the weights (None for a Predictor built by hand): the run's resolved
+    # config, and the dev scores stored with the weights. `minbert serve` shows them at /v1/model.
+    run_config: RunConfig | None = None
+    dev_scores: dict[str, float] | None = None
+
     def __init__(self, backend: Backend, tokenizer: WordPieceTokenizer, model_cfg: ModelConfig, batch_size: int = 128,
                  threshold: float = PARAPHRASE_THRESHOLD, source: str = "", backend_name: str = "torch"):  # fmt: skip
         if not 0.0 < threshold < 1.0:
@@ -105,7 +110,7 @@ class Predictor:
         path = Path(path)
         if export.is_export(path):
             manifest = export.read_manifest(path)
-            cfg, threshold, tokenizer = manifest.cfg, manifest.threshold, export.read_tokenizer(path)
+            cfg, threshold, tokenizer, dev = manifest.cfg, manifest.threshold, export.read_tokenizer(path), manifest.dev
             if backend == "onnx":
                 from minbert.inference.onnx_graphs import OnnxBackend
 
@@ -116,11 +121,16 @@ class Predictor:
             if backend == "onnx":
                 raise ValueError(f"{path}: the onnx backend reads a directory written by "
                                  f"`minbert export --checkpoint {path} --out DIR --format onnx`")  # fmt: skip
-            from minbert.train import load_trained
+            from minbert.run_state import load_checkpoint
+            from minbert.train import build_trained
 
-            model, tokenizer, cfg = load_trained(path, list(overrides))
-            threshold, run = PARAPHRASE_THRESHOLD, TorchBackend(model, device, cfg.train.precision)
-        return cls(run, tokenizer, cfg.model, batch_size or cfg.train.eval_batch_size, threshold, str(path), backend)
+            ckpt = load_checkpoint(path)
+            model, tokenizer, cfg = build_trained(ckpt, list(overrides), path)
+            threshold, run, dev = PARAPHRASE_THRESHOLD, TorchBackend(model, device, cfg.train.precision), ckpt.dev
+        batch_size = batch_size or cfg.train.eval_batch_size
+        predictor = cls(run, tokenizer, cfg.model, batch_size, threshold, str(path), backend)
+        predictor.run_config, predictor.dev_scores = cfg, dev
+        return predictor
 
     def __repr__(self) -> str:
         m = self.model_cfg

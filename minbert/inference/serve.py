@@ -1,0 +1,353 @@
+"""`minbert serve`: the Predictor behind a JSON API (FastAPI + uvicorn), with a web page at `/`.
+
+    POST /v1/sentiment   {"texts": ["the movie was a triumph", ...]}
+    POST /v1/paraphrase  {"pairs": [["How do I learn Python?", "What is the best way to learn Python?"], ...]}
+    POST /v1/similarity  {"pairs": [["A man plays a guitar.", "A person plays music."], ...]}
+    GET  /health, GET /v1/model (checkpoint, run config, dev scores, limits), GET /docs (OpenAPI)
+
+Concurrent requests are micro-batched: each task has a `MicroBatcher`, whose worker takes the
+first waiting request, waits up to `batch_wait_ms` for more (at most `max_batch` inputs in all),
+and answers them all with ONE `Predictor.predict` call, run on a single worker thread so that the
+event loop keeps accepting requests and no two torch calls overlap. The answer to a request is
+its slice of that call's results: the Predictor's numbers for those inputs. Batched with other
+inputs, a text may be padded to a longer length than alone, which can move its probabilities in
+the last float32 bits (tests/test_serve.py states the tolerance); labels and decisions do not move.
+
+Bad requests get a 4xx with a JSON `{"detail": ...}` and the server goes on: a body over
+`max_body_bytes` (413, checked before anything is parsed, chunked bodies counted as they come),
+not JSON by Content-Type (415: so another site's page cannot post a form to it either, as a
+cross-site JSON post needs a CORS grant it never gives), not UTF-8 (400), not JSON (422), or not
+the request's shape: wrong types, missing or unknown fields, an empty list, more than `max_texts` items, a text over
+`max_chars` characters (422). `create_app` builds the app from a Predictor (tests use it as it
+is); `serve` loads a checkpoint and runs uvicorn, on 127.0.0.1 unless told otherwise.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route functions' annotations, and the
+# request models are local to `create_app`.
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Generic, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from minbert.config import to_dict
+from minbert.heads import SIMILARITY_SCALE
+from minbert.inference.predictor import Predictions, Predictor
+from minbert.inference.serve_limits import Limits
+from minbert.tasks import SST_LABEL_NAMES, TASKS
+
+PAGE = Path(__file__).parent / "static" / "index.html"
+ENDPOINTS = {"sst": "/v1/sentiment", "para": "/v1/paraphrase", "sts": "/v1/similarity"}
+DEFAULT_LIMITS = Limits()
+
+
+# ---------------------------------------------------------------------------------------
+# Micro-batching
+
+
+@dataclass
+class _Waiting:
+    inputs: list
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    """One task's queue of waiting requests and the worker that answers them in batches.
+
+    `await batcher(inputs)` -> (results, truncated) for those inputs. The worker (`run`, one
+    asyncio task) takes the first waiting request, then others until `max_batch` inputs or until
+    `wait_s` has passed since it took the first; a request is never split (one larger than
+    `max_batch` goes alone), and one that would overflow the batch waits for the next. Then one
+    `predict(task, inputs)` on `executor`; each request gets its slice, or the batch's exception."""
+
+    def __init__(self, task: str, predict: Callable[[str, list], Predictions], executor: ThreadPoolExecutor,
+                 max_batch: int, wait_s: float):  # fmt: skip
+        self.task, self.predict, self.executor = task, predict, executor
+        self.max_batch, self.wait_s = max_batch, wait_s
+        self.queue: asyncio.Queue[_Waiting] = asyncio.Queue()
+        self.requests = self.forwards = self.inputs = 0  # counters, shown at /health
+
+    async def __call__(self, inputs: list) -> tuple[list, list[bool]]:
+        waiting = _Waiting(inputs, asyncio.get_running_loop().create_future())
+        self.queue.put_nowait(waiting)
+        self.requests += 1
+        return await waiting.future
+
+    async def run(self) -> None:
+        loop, held = asyncio.get_running_loop(), None
+        while True:
+            first, held = held or await self.queue.get(), None
+            batch, size, deadline = [first], len(first.inputs), loop.time() + self.wait_s
+            while size < self.max_batch:
+                try:
+                    nxt = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    if deadline <= loop.time():
+                        break
+                    try:
+                        nxt = await asyncio.wait_for(self.queue.get(), deadline - loop.time())
+                    except TimeoutError:
+                        break
+                if size + len(nxt.inputs) > self.max_batch:
+                    held = nxt
+                    break
+                batch.append(nxt)
+                size += len(nxt.inputs)
+            batch = [w for w in batch if not w.future.done()]  # a client that went away cancels its future
+            if batch:
+                await self._answer(batch)
+
+    async def _answer(self, batch: list[_Waiting]) -> None:
+        inputs = [x for w in batch for x in w.inputs]
+        self.forwards, self.inputs = self.forwards + 1, self.inputs + len(inputs)
+        try:
+            out = await asyncio.get_running_loop().run_in_executor(self.executor, self.predict, self.task, inputs)
+        except Exception as e:  # noqa: BLE001 - every waiting request gets it (a 500), the worker goes on
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(e)
+            return
+        start = 0
+        for w in batch:
+            end = start + len(w.inputs)
+            if not w.future.done():
+                w.future.set_result((out.results[start:end], out.truncated[start:end]))
+            start = end
+
+    def stats(self) -> dict:
+        return {"requests": self.requests, "forwards": self.forwards, "inputs": self.inputs}
+
+
+# ---------------------------------------------------------------------------------------
+# Requests and answers
+
+
+def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The two request bodies, with `limits` in their schema: {"texts": [...]}, {"pairs": [[a, b], ...]}."""
+    Text = Annotated[str, Field(max_length=limits.max_chars)]  # pydantic also refuses a lone surrogate ("\ud800")
+    items = {"min_length": 1, "max_length": limits.max_texts}
+
+    class TextsRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        texts: list[Text] = Field(description="texts to classify", examples=[["the movie was a triumph"]], **items)
+
+    pair = ["A man plays a guitar.", "A person plays music."]
+
+    class PairsRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        pairs: list[tuple[Text, Text]] = Field(description="pairs of texts", examples=[[pair]], **items)
+
+    return TextsRequest, PairsRequest
+
+
+class SentimentResult(BaseModel):
+    label: int = Field(description="SST-5 class, 0 (very negative) to 4 (very positive)")
+    name: str
+    probabilities: list[float] = Field(description="softmax of the five logits, in label order")
+    truncated: bool = Field(description="the text was cut to the model's max_length tokens")
+
+
+class ParaphraseResult(BaseModel):
+    probability: float
+    is_paraphrase: bool = Field(description="probability above the model's threshold")
+    truncated: bool
+
+
+class SimilarityResult(BaseModel):
+    score: float = Field(description=f"STS-B similarity, 0 to {SIMILARITY_SCALE:g}")
+    truncated: bool
+
+
+R = TypeVar("R", SentimentResult, ParaphraseResult, SimilarityResult)
+
+
+class Answer(BaseModel, Generic[R]):
+    results: list[R]  # in input order
+
+
+def _as_json(task: str, result: Any, truncated: bool) -> dict:
+    if task == "sts":
+        return {"score": result, "truncated": truncated}
+    return dataclasses.asdict(result) | {"truncated": truncated}
+
+
+# ---------------------------------------------------------------------------------------
+# The app
+
+
+class RequestGuard:
+    """ASGI middleware in front of the app: a POST body must say it is JSON (415), fit in
+    `max_bytes` (413: by its Content-Length before anything is read, else counted as it
+    arrives, chunked included) and be UTF-8 (400). A body that passes is handed on whole."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            return await _reject(scope, send, 415, f"send the body as JSON, with Content-Type: application/json "
+                                            f"(got {media_type or 'none'!r})")  # fmt: skip
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await _reject(scope, send, 413 if declared.isdigit() else 400, self._too_large(declared))
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await _reject(scope, send, 413, self._too_large(None))
+        try:
+            bytes(body).decode("utf-8")
+        except UnicodeDecodeError as e:
+            return await _reject(scope, send, 400, f"the body is not valid UTF-8 (byte {e.start}: {e.reason})")
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: wait for the disconnect
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self, declared: str | None) -> str:
+        if declared is not None and not declared.isdigit():
+            return f"Content-Length {declared!r} is not a number of bytes"
+        size = f"is {int(declared):,} bytes" if declared else f"went past {self.max_bytes:,} bytes as it came"
+        return f"the body {size}; at most {self.max_bytes:,} bytes are accepted (--max-body-bytes)"
+
+
+async def _reject(scope, send, status: int, detail: str) -> None:
+    await JSONResponse({"detail": detail}, status)(scope, None, send)
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict]:
+    """FastAPI's errors without the inputs they quote (a long text, or one JSON cannot encode)."""
+    out = []
+    for e in exc.errors():
+        item = {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        if e.get("type") == "json_invalid" and "error" in e.get("ctx", {}):
+            item["msg"] = f"not valid JSON: {e['ctx']['error']} (at character {item['loc'][-1]})"
+        out.append(item)
+    return out
+
+
+def create_app(predictor: Predictor, limits: Limits = DEFAULT_LIMITS) -> FastAPI:
+    """The API and page for `predictor`, with `limits`. Its batchers run while the app runs
+    (uvicorn starts and stops them through the app's lifespan)."""
+    batchers: dict[str, MicroBatcher] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minbert-predict")  # torch calls never overlap
+        batchers.update({task: MicroBatcher(task, predictor.predict, executor, limits.max_batch,
+                                            limits.batch_wait_ms / 1000) for task in TASKS})  # fmt: skip
+        workers = [asyncio.create_task(b.run(), name=f"batcher-{t}") for t, b in batchers.items()]
+        try:
+            yield
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="minbert", version="1", lifespan=lifespan,
+                  description="SST-5 sentiment, Quora paraphrase and STS-B similarity from one fine-tuned BERT. "
+                              f"Model: {predictor.source or 'in memory'}.")  # fmt: skip
+    app.add_middleware(RequestGuard, max_bytes=limits.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_errors(exc)}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:  # a bug of ours, not a bad request
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, 500)
+
+    async def answer(task: str, inputs: list) -> dict:
+        results, truncated = await batchers[task](inputs)
+        return {"results": [_as_json(task, r, t) for r, t in zip(results, truncated)]}
+
+    TextsRequest, PairsRequest = request_models(limits)
+
+    @app.post("/v1/sentiment", response_model=Answer[SentimentResult], summary="SST-5 sentiment of each text")
+    async def sentiment(body: TextsRequest) -> dict:
+        return await answer("sst", body.texts)
+
+    @app.post("/v1/paraphrase", response_model=Answer[ParaphraseResult], summary="Are the two questions paraphrases?")
+    async def paraphrase(body: PairsRequest) -> dict:
+        return await answer("para", [tuple(p) for p in body.pairs])
+
+    @app.post("/v1/similarity", response_model=Answer[SimilarityResult], summary="STS-B similarity of each pair")
+    async def similarity(body: PairsRequest) -> dict:
+        return await answer("sts", [tuple(p) for p in body.pairs])
+
+    @app.get("/health", summary="Up, with request and forward counts per task")
+    async def health() -> dict:
+        return {"status": "ok", "tasks": {t: b.stats() for t, b in batchers.items()}}
+
+    @app.get("/v1/model", summary="The checkpoint, its run config and dev scores, the tasks and the limits")
+    async def model() -> dict:
+        return describe(predictor, limits)
+
+    page = PAGE.read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return page
+
+    return app
+
+
+def describe(predictor: Predictor, limits: Limits) -> dict:
+    """What GET /v1/model answers."""
+    tasks = {"sst": {"input": "texts", "labels": list(SST_LABEL_NAMES)},
+             "para": {"input": "pairs", "threshold": predictor.threshold},
+             "sts": {"input": "pairs", "scale": [0.0, SIMILARITY_SCALE]}}  # fmt: skip
+    return {
+        "checkpoint": predictor.source or None,
+        "backend": predictor.backend_name,
+        "config": to_dict(predictor.run_config) if predictor.run_config else None,
+        "dev": predictor.dev_scores,
+        "max_length": predictor.model_cfg.max_length,
+        "tasks": {task: {"endpoint": ENDPOINTS[task], **about} for task, about in tasks.items()},
+        "paraphrase_threshold": predictor.threshold,
+        "limits": dataclasses.asdict(limits),
+    }
+
+
+def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: Limits = DEFAULT_LIMITS,
+          backend: str = "torch", overrides: list[str] = (), threads: int | None = None) -> None:  # fmt: skip
+    """Load `checkpoint` (a run directory, checkpoint file or export) and serve it until Ctrl-C.
+    `threads`: torch's intra-op threads (default: torch's choice, one per core)."""
+    import torch
+    import uvicorn
+
+    if threads:
+        torch.set_num_threads(threads)  # the forwards' thread sees it too
+    predictor = Predictor.load(checkpoint, backend, overrides=list(overrides))
+    print(f"minbert: serving {predictor!r} on http://{host}:{port}/ (API docs at /docs); batches of up to "
+          f"{limits.max_batch} inputs, {limits.batch_wait_ms:g} ms wait; {torch.get_num_threads()} torch threads",
+          flush=True)  # fmt: skip
+    uvicorn.run(create_app(predictor, limits), host=host, port=port, log_level="warning")

@@ -1,0 +1,128 @@
+"""The page at `/`, in a real browser: headless Chromium (Debian's `chromium` and
+`chromium-driver`, which .ci/run installs) drives the running server as a person would: types a
+sentence, submits, reads the five rendered percentages and compares them with the Predictor's,
+then the same with two sentences (and sees the reason of a refused request); on a phone-width
+screen (390 px, no sideways scrolling) and a desktop one, with a screenshot of each in the
+test's directory.
+
+    python -m pytest -q tests/test_serve_page.py --serve-checkpoint /work/runs/main --screenshots-to docs/pictures
+
+serves a real run instead of the tiny one and copies the screenshots into the docs.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import serving
+
+from minbert import Predictor
+from minbert.inference.serve import Limits, create_app
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+SENTENCE = "a gorgeous, witty and moving film"
+PAIR = ("How do I learn to cook rice?", "What is the best way to cook rice?")
+WAIT_S = 30
+
+
+def need(condition: bool, why: str) -> None:
+    """Where the browser is missing: a skip on a developer's machine, a failure in CI (.ci/run installs it)."""
+    if not condition:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{why}: apt-get install chromium chromium-driver")
+
+
+@pytest.fixture(scope="module")
+def predictor(request):
+    run = request.config.getoption("--serve-checkpoint") or request.getfixturevalue("tiny_runs")["cross"]
+    return Predictor.load(run)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    need(CHROMIUM is not None and Path(CHROMEDRIVER).exists(), "no chromium or chromedriver on PATH")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        need(False, "selenium is not installed (pip install -r requirements-test.txt)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM  # with the driver's path given too, Selenium looks nothing up online
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,800",
+                 "--hide-scrollbars", "--force-device-scale-factor=1"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(WAIT_S)
+    driver.set_script_timeout(WAIT_S)
+    yield driver
+    driver.quit()
+
+
+def screen(driver, width: int, height: int, mobile: bool) -> None:
+    """The viewport: width x height CSS pixels; `mobile` as a phone does (the viewport meta tag counts)."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})  # fmt: skip
+
+
+def submit_and_wait(driver, fields: dict[str, str], button: str, result: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    for element_id, text in fields.items():
+        box = driver.find_element(By.ID, element_id)
+        box.clear()
+        box.send_keys(text)
+    driver.find_element(By.ID, button).click()
+    box = driver.find_element(By.ID, result)
+    WebDriverWait(driver, WAIT_S).until(lambda d: box.get_attribute("data-state") in ("done", "error"))
+    error = driver.find_element(By.ID, result.replace("result", "error")).text
+    assert box.get_attribute("data-state") == "done", f"the page shows an error: {error}"
+
+
+def text_of(driver, element_id: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.ID, element_id).text
+
+
+def shoot(driver, request, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    assert driver.save_screenshot(str(path)) and path.stat().st_size > 10_000
+    copy_to = request.config.getoption("--screenshots-to")
+    if copy_to:  # asked for by hand: the pictures in docs/ are made this way
+        Path(copy_to).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(copy_to) / name)
+    return path
+
+
+def test_the_page_shows_the_predictors_answers_on_a_phone_and_a_desktop(browser, predictor, request, tmp_path):
+    with serving(create_app(predictor, Limits(max_chars=200))) as url:
+        screen(browser, 390, 844, mobile=True)
+        browser.get(url + "/")
+        assert browser.title == "minbert"
+
+        with pytest.raises(AssertionError, match="at most 200 characters"):  # a refused request: its reason shows
+            submit_and_wait(browser, {"sentence": "x" * 201}, "sentiment-submit", "sentiment-result")
+
+        submit_and_wait(browser, {"sentence": SENTENCE}, "sentiment-submit", "sentiment-result")
+        (expected,) = predictor.sentiment([SENTENCE])
+        shown = [text_of(browser, f"sst-p-{k}") for k in range(5)]
+        assert shown == [f"{100 * p:.1f}%" for p in expected.probabilities]  # as displayed: 0.1 %
+        assert text_of(browser, "sentiment-verdict").startswith(f"{expected.name} (label {expected.label})")
+
+        submit_and_wait(browser, {"pair-a": PAIR[0], "pair-b": PAIR[1]}, "pair-submit", "pair-result")
+        (para,), (score,) = predictor.paraphrase([PAIR]), predictor.similarity([PAIR])
+        assert text_of(browser, "para-probability") == f"{100 * para.probability:.1f}%"
+        assert text_of(browser, "para-decision") == ("paraphrase" if para.is_paraphrase else "not a paraphrase")
+        assert text_of(browser, "sts-score") == f"{score:.2f}"
+
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= 390  # no sideways scrolling
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        screen(browser, 390, max(844, height), mobile=True)  # the whole page, as a phone would scroll through it
+        shoot(browser, request, tmp_path, "serve-phone.png")
+
+        screen(browser, 1200, 800, mobile=False)
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= 1200
+        assert text_of(browser, "sst-p-0") == shown[0]  # the answers stay on the page
+        shoot(browser, request, tmp_path, "serve-desktop.png")
