@@ -116,6 +116,13 @@ def test_own_tasks_train_end_to_end(own_tasks, tiny_checkpoint, tmp_path, capsys
             rows = list(csv.reader((tmp_path / "run" / f"{task}-{split}-output.csv").open()))
             assert rows[0] == ["id", "prediction"] and [r[0] for r in rows[1:]] == [f"{split}{i}" for i in range(n)]
             assert all(check(r[1]) for r in rows[1:])
+    from minbert.inference.predictor import Predictor
+
+    predictor = Predictor.load(tmp_path / "run")  # asked by task name, like the seed's tasks
+    texts = [r["text"] for r in csv.DictReader((data / "topic-dev.csv").open())]
+    written = [r[1] for r in csv.reader((tmp_path / "run" / "topic-dev-output.csv").open())][1:]
+    assert [str(r.label) for r in predictor.predict("topic", texts).results] == written
+    assert all(1.0 <= s <= 10.0 for s in predictor.predict("rating", [("good fast", "bad slow")]).results)
     capsys.readouterr()
     assert cli_main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--no-progress"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

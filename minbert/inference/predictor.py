@@ -28,9 +28,8 @@ from minbert import distributed
 from minbert.config import ModelConfig, RunConfig
 from minbert.data import Example
 from minbert.evaluation import head_outputs
-from minbert.heads import SIMILARITY_SCALE
 from minbert.multitask import EncodedTask, MultitaskBert
-from minbert.tasks import PARAPHRASE_THRESHOLD, SST_LABEL_NAMES, TASKS, probability_logit
+from minbert.tasks import PARAPHRASE_THRESHOLD, SEED_TASKS, TASKS, probability_logit
 from minbert.tokenizer import WordPieceTokenizer
 
 BACKENDS = ("torch", "onnx")
@@ -165,19 +164,24 @@ class Predictor:
             return Predictions(task, [], [], self.model_cfg.max_length)
         examples = [Example(str(i), texts, None) for i, texts in enumerate(rows)]
         m = self.model_cfg
-        data = EncodedTask(TASKS[task], examples, self.tokenizer, m.pair_encoding, m.max_length)
+        data = EncodedTask(TASKS[task], examples, self.tokenizer, TASKS[task].pair_encoding or m.pair_encoding, m.max_length)
         outputs = head_outputs(lambda indices: self.backend(task, data, indices), task, data, self.batch_size, progress)
         return Predictions(task, self._results(task, outputs), self._truncated(data, rows), self.model_cfg.max_length)
 
     def _results(self, task: str, outputs: torch.Tensor) -> list:
-        if task == "sst":
+        """By the task's kind: (label, name, probabilities) for classification (SST and declared
+        tasks), (probability, decision) for binary tasks, the score for regression."""
+        spec = TASKS[task]
+        if spec.kind == "classification":
             probabilities = torch.softmax(outputs, dim=-1).tolist()
             labels = outputs.argmax(dim=-1).tolist()  # argmax of the logits, as TaskSpec.predict
-            return [Sentiment(k, SST_LABEL_NAMES[k], tuple(p)) for k, p in zip(labels, probabilities)]
-        if task == "para":
+            names = spec.label_names or tuple(str(k) for k in range(spec.num_classes))
+            return [Sentiment(k, names[k], tuple(p)) for k, p in zip(labels, probabilities)]
+        if spec.kind == "binary":
             decisions = (outputs > probability_logit(self.threshold)).tolist()  # TaskSpec.predict at 0.5
             return [Paraphrase(p, d) for p, d in zip(torch.sigmoid(outputs).tolist(), decisions)]
-        return outputs.clamp(0.0, SIMILARITY_SCALE).tolist()  # a cosine head can overshoot 5 by an ulp
+        low, high = spec.value_range
+        return outputs.clamp(low, high).tolist()  # a cosine head can overshoot its range by an ulp
 
     def _truncated(self, data: EncodedTask, rows: list[tuple[str, ...]]) -> list[bool]:
         """Which inputs lost tokens to max_length: only those whose encoding reached it are
@@ -211,7 +215,8 @@ def _as_rows(task: str, inputs: Sequence) -> list[tuple[str, ...]]:
     return rows
 
 
-def split_inputs(data_dir: str | Path, split: str = "dev", limit: int | None = None) -> dict[str, list]:
+def split_inputs(data_dir: str | Path, split: str = "dev", limit: int | None = None,
+                 tasks: Sequence[str] = SEED_TASKS) -> dict[str, list]:  # fmt: skip
     """A data split's inputs as the Predictor takes them (sst: texts; para, sts: pairs), file order."""
-    return {task: [e.texts if spec.is_pair else e.texts[0] for e in spec.read(Path(data_dir), split).examples][:limit]
-            for task, spec in TASKS.items()}  # fmt: skip
+    return {task: [e.texts if TASKS[task].is_pair else e.texts[0] for e in TASKS[task].read(Path(data_dir), split).examples][:limit]
+            for task in tasks}  # fmt: skip

@@ -299,8 +299,11 @@ def specs_of(entries: list) -> dict[str, TaskSpec]:
 
 
 def use_tasks(entries: list) -> dict[str, TaskSpec]:
-    """Register a run's tasks (replacing any earlier ones of the same name); return them."""
+    """Make the registry the built-ins plus this run's tasks (a run's declaration of a built-in
+    name replaces it; an earlier run's tasks are forgotten); return the run's tasks."""
     specs = specs_of(entries)
+    TASKS.clear()
+    TASKS.update(BUILTIN)
     TASKS.update(specs)
     return specs
 
