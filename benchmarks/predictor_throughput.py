@@ -10,9 +10,10 @@ all-MiniLM-L6-v2 with freshly initialised heads under minbert/configs/main.yaml'
 (the main job's model: cross-encoded pairs, mean pooling), which has the trained model's shapes
 and costs, not its predictions. The output says which was measured.
 How: one process; torch and onnxruntime both get --threads intra-op threads; each backend first
-predicts one untimed batch of each task; then, task by task, torch and onnx run one after the
-other, --repeats times, and the best time of each is kept (the CPU may be shared). Their
-predictions are compared as a check that both did the same work.
+predicts one untimed batch of each task; then, --repeats times, task by task, torch and onnx run
+one after the other, and the best time of each is kept (on a shared CPU, interleaving and the
+best of several runs keep other processes' load out of the comparison as far as they can).
+Their predictions are compared as a check that both did the same work.
 Run (from the repository root):
     nice -n 10 python benchmarks/predictor_throughput.py [--model-dir DIR] [--threads 2] [--limit N]
         [--batch-size N] [--repeats 1] [--data-dir DIR]
@@ -31,7 +32,7 @@ import torch
 from minbert.config import load_config
 from minbert.configs import resolve_config
 from minbert.data import resolve_data_dir
-from minbert.inference.export import compare, is_export, load_model, read_manifest, read_tokenizer, write_export
+from minbert.inference.export import agreement, is_export, load_model, read_manifest, read_tokenizer, write_export
 from minbert.inference.onnx_graphs import OnnxBackend, graph_path
 from minbert.inference.predictor import Predictor, TorchBackend, split_inputs
 from minbert.train import build_model, load_trained, set_seed
@@ -55,13 +56,10 @@ def load(model_dir: str | None):
     return model, tokenizer, cfg, f"trained run {model_dir}", None
 
 
-def timed(predictor: Predictor, task: str, inputs: list, repeats: int):
-    best, results = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        results = predictor.predict(task, inputs)
-        best = min(best, time.perf_counter() - start)
-    return best, results
+def timed(predictor: Predictor, task: str, inputs: list) -> tuple[float, list]:
+    start = time.perf_counter()
+    results = predictor.predict(task, inputs).results
+    return time.perf_counter() - start, results
 
 
 def main() -> None:
@@ -92,11 +90,14 @@ def main() -> None:
         for predictor in predictors.values():  # untimed warm-up: one batch of each task
             for task, inputs in dev.items():
                 predictor.predict(task, inputs[:batch])
-        seconds = {name: {} for name in predictors}
-        for task, inputs in dev.items():
-            for name, predictor in predictors.items():
-                seconds[name][task], _ = timed(predictor, task, inputs, args.repeats)
-        check = compare(predictors["torch"], predictors["onnx"], dev)
+        seconds = {name: {task: float("inf") for task in dev} for name in predictors}
+        results: dict[str, dict[str, list]] = {name: {} for name in predictors}
+        for _ in range(args.repeats):
+            for task, inputs in dev.items():
+                for name, predictor in predictors.items():
+                    took, results[name][task] = timed(predictor, task, inputs)
+                    seconds[name][task] = min(seconds[name][task], took)
+        check = agreement(results["torch"], results["onnx"])
 
     print(f"model: {described}; {cfg.model.pair_encoding} pairs, {cfg.model.pooling} pooling, "
           f"max_length {cfg.model.max_length}")  # fmt: skip

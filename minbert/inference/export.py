@@ -120,6 +120,10 @@ def publish(staged: Path, out_dir: Path) -> None:
     """Move a complete export from `staged` to `out_dir`: a rename when out_dir is new; else
     file by file into an empty directory or an earlier export (so hf and onnx can share one)."""
     out_dir = Path(out_dir)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [staged, *staged.rglob("*")]:  # mkdtemp's directory (and safetensors' files) are private
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
     if not out_dir.exists():
         os.replace(staged, out_dir)
         return
@@ -177,15 +181,18 @@ def check_onnx(model: MultitaskBert, tokenizer: WordPieceTokenizer, cfg: RunConf
 
 
 def compare(a, b, dev: dict[str, list], sts_tolerance: float = 1e-4) -> dict:
-    """Two Predictors on the same inputs: SST labels and paraphrase decisions that differ, and the
-    largest STS difference."""
-    def both(task: str) -> zip:
-        return zip(a.predict(task, dev[task]).results, b.predict(task, dev[task]).results)
+    """Two Predictors on the same inputs (see `agreement`)."""
+    return agreement({t: a.predict(t, x).results for t, x in dev.items()},
+                     {t: b.predict(t, x).results for t, x in dev.items()}, sts_tolerance)  # fmt: skip
 
-    sst = sum(x.label != y.label for x, y in both("sst"))
-    para = sum(x.is_paraphrase != y.is_paraphrase for x, y in both("para"))
-    sts = max((abs(x - y) for x, y in both("sts")), default=0.0)
-    return {"examples": {t: len(v) for t, v in dev.items()}, "sst_labels_differ": sst, "para_decisions_differ": para,
+
+def agreement(a: dict[str, list], b: dict[str, list], sts_tolerance: float = 1e-4) -> dict:
+    """Two sets of results ({task: results}): the SST labels and paraphrase decisions that differ,
+    the largest STS difference, and whether they agree (none differ, STS within sts_tolerance)."""
+    sst = sum(x.label != y.label for x, y in zip(a["sst"], b["sst"]))
+    para = sum(x.is_paraphrase != y.is_paraphrase for x, y in zip(a["para"], b["para"]))
+    sts = max((abs(x - y) for x, y in zip(a["sts"], b["sts"])), default=0.0)
+    return {"examples": {t: len(v) for t, v in a.items()}, "sst_labels_differ": sst, "para_decisions_differ": para,
             "sts_max_abs_diff": sts, "agree": sst == 0 and para == 0 and sts <= sts_tolerance}  # fmt: skip
 
 
