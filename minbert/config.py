@@ -33,6 +33,9 @@ class ModelConfig:
     similarity_head: str = "pair"  # "pair" ([|u-v|, u*v] -> Linear -> sigmoid*5) or "cosine"
     head_dropout: float = 0.1
     max_length: int = 128
+    # Cross-encoded pairs: predict from both orders ([CLS] a [SEP] b and [CLS] b [SEP] a) and
+    # average the two head outputs (logits, scores). Twice the prediction cost.
+    symmetric_predict: bool = False
 
 
 @dataclass
@@ -44,6 +47,8 @@ class DataConfig:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     sst_phrases: bool = False  # add every labelled phrase of sst-trees-train.txt to SST training
+    # Phrases (mixed in by sst_phrases, or the train-only task sst_phrases) of at least this many words.
+    phrase_min_words: int = 1
     cache_dir: str = "~/.cache/minbert"  # frozen-encoder feature cache
 
 
@@ -90,6 +95,18 @@ class TrainConfig:
     checkpoint_every_minutes: float | None = 5.0
     log_every_steps: int = 50  # steps.jsonl is written (and losses checked finite) this often
     tensorboard: bool = False  # also write the step losses, lr and dev scores to RUN/tensorboard/ (the tensorboard extra)
+    loss_weights: dict[str, float] = field(default_factory=dict)  # a training task's loss x this (default 1)
+    # R-Drop (Liang et al. 2021): each batch of these tasks goes through the model twice (two
+    # dropout masks); the loss adds rdrop x their disagreement (symmetric KL for classes, the
+    # squared difference for scores). 0 = off.
+    rdrop: float = 0.0
+    rdrop_tasks: list[str] = field(default_factory=lambda: ["sst", "sts"])
+    swap_pairs: bool = False  # cross-encoded pairs: each training pair in a random order (b, a) half the time
+    # Distillation: a directory written by `minbert ensemble --soft-labels` (train-soft-TASK.jsonl);
+    # a task with soft labels there trains on (1 - distill_weight) x its loss + distill_weight x
+    # the loss against the teacher's probabilities / scores.
+    distill_from: str | None = None
+    distill_weight: float = 0.5
 
 
 @dataclass
@@ -193,12 +210,15 @@ RANGES = {
     "model.max_length": (lambda v: 1 <= v <= 512, "1 <= value <= 512"),  # BERT's; build_model checks the checkpoint's
     "data.max_train_examples": AT_LEAST_1,
     "data.max_eval_examples": AT_LEAST_1,
+    "data.phrase_min_words": AT_LEAST_1,
     "train.batch_size": AT_LEAST_1,
     "train.eval_batch_size": AT_LEAST_1,
     "train.threads": AT_LEAST_1,
     "train.checkpoint_every_steps": AT_LEAST_1,
     "train.checkpoint_every_minutes": POSITIVE,
     "train.log_every_steps": AT_LEAST_1,
+    "train.rdrop": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
+    "train.distill_weight": (lambda v: 0 <= v <= 1, "0 <= value <= 1"),
 }
 PHASE_RANGES = {
     "epochs": AT_LEAST_0,
@@ -219,7 +239,7 @@ def _check_range(dotted: str, value: float | None, rule: tuple) -> None:
 
 
 def validate(cfg: RunConfig) -> None:
-    from minbert.tasks import TaskError, declared, specs_of
+    from minbert.tasks import TRAIN_ONLY, TaskError, declared, specs_of
 
     try:
         cfg.tasks = [declared(entry, f"tasks.{i}") for i, entry in enumerate(cfg.tasks)]
@@ -229,6 +249,7 @@ def validate(cfg: RunConfig) -> None:
     if not specs:
         raise ConfigError("tasks: at least one task is needed")
     names = tuple(specs)
+    trainable = names + tuple(t for t, owner in TRAIN_ONLY.items() if owner in names)
     for name, spec in specs.items():
         if spec.head == "cosine" and (spec.pair_encoding or cfg.model.pair_encoding) == "cross":
             raise ConfigError(f"task {name!r}: head 'cosine' needs pair_encoding 'siamese'")
@@ -246,11 +267,20 @@ def validate(cfg: RunConfig) -> None:
         for name, allowed in PHASE_CHOICES.items():
             if getattr(phase, name) not in allowed:
                 raise ConfigError(f"train.phases.{i}.{name}: {getattr(phase, name)!r} is not one of {allowed}")
-        bad = [t for t in phase.tasks if t not in names]
+        bad = [t for t in phase.tasks if t not in trainable]
         if bad or not phase.tasks:
-            raise ConfigError(f"train.phases.{i}.tasks: {phase.tasks} must be a non-empty subset of the run's tasks {names}")
+            raise ConfigError(f"train.phases.{i}.tasks: {phase.tasks} must be a non-empty subset of the run's tasks "
+                              f"{trainable}")  # fmt: skip
+        if phase.mode == "frozen" and any(t in TRAIN_ONLY for t in phase.tasks):
+            raise ConfigError(f"train.phases.{i}.tasks: a frozen phase trains on cached vectors of the run's tasks only")
         for name, rule in PHASE_RANGES.items():
             _check_range(f"train.phases.{i}.{name}", getattr(phase, name), rule)
+    for key, tasks in (("train.loss_weights", list(cfg.train.loss_weights)), ("train.rdrop_tasks", cfg.train.rdrop_tasks)):
+        bad = [t for t in tasks if t not in trainable]
+        if bad:
+            raise ConfigError(f"{key}: {bad[0]!r} is not one of the run's training tasks {trainable}")
+    for task, weight in cfg.train.loss_weights.items():
+        _check_range(f"train.loss_weights.{task}", weight, (lambda v: 0 <= v < math.inf, ">= 0 and finite"))
     if cfg.train.sts_loss not in ("mse", "cosent", "mse+cosent"):
         raise ConfigError(f"train.sts_loss: {cfg.train.sts_loss!r} is not one of ('mse', 'cosent', 'mse+cosent')")
     if cfg.train.precision not in ("auto", "fp32", "bf16"):

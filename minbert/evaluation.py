@@ -56,7 +56,7 @@ def model_outputs(model: MultitaskBert, task: str, data: EncodedTask, batch_size
         with distributed.autocast(device, precision):
             if features is not None:
                 return model(task, features=features(indices))
-            return model(task, data.batch(indices).to(device))
+            return model.predict_batch(task, data, indices, device)
 
     try:
         return head_outputs(forward, task, data, batch_size)

@@ -56,8 +56,12 @@ class EncodedTask:
         self.pad_id = tokenizer.pad_id
         labelled = examples[0].label is not None
         self.labels = torch.tensor([e.label for e in examples], dtype=spec.label_dtype) if labelled else None
+        self.soft: torch.Tensor | None = None  # a teacher's soft labels, row i for example i (distillation)
         self.siamese = spec.is_pair and pair_encoding == "siamese"
+        self.cross = spec.is_pair and not self.siamese  # [CLS] a [SEP] b [SEP]: one sequence per pair
         self.types: list[list[int]] | None = None
+        self._swapped: tuple[list[list[int]], list[list[int]]] | None = None  # [CLS] b [SEP] a [SEP], made on first use
+        self._swap_inputs = (tokenizer, [e.texts for e in examples], max_length) if self.cross else None
         if not spec.is_pair:
             self.sides = [tokenizer.encode([e.texts[0] for e in examples], max_length)]
         elif self.siamese:
@@ -72,19 +76,39 @@ class EncodedTask:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _token_types(self, indices: list[int]) -> torch.Tensor | None:
+    def _token_types(self, indices: list[int], swap: list[bool] | None = None) -> torch.Tensor | None:
         """Padded segment ids of cross-encoded pairs; None for single sequences."""
-        return None if self.types is None else pad_batch([self.types[i] for i in indices], 0)[0]
+        if self.types is None:
+            return None
+        swap = swap or [False] * len(indices)
+        return pad_batch([self._pick(1, i, s) for i, s in zip(indices, swap)], 0)[0]
+
+    def _pick(self, part: int, i: int, swapped: bool) -> list[int]:
+        """Pair i's ids (part 0) or segment ids (part 1), in its own order or the swapped one."""
+        if not swapped:
+            return (self.sides[0] if part == 0 else self.types)[i]
+        if self._swapped is None:
+            tokenizer, texts, max_length = self._swap_inputs
+            pairs = tokenizer.encode_pairs([t[1] for t in texts], [t[0] for t in texts], max_length)
+            self._swapped = ([ids for ids, _ in pairs], [types for _, types in pairs])
+        return self._swapped[part][i]
 
     def side_batch(self, side: int, indices: list[int]) -> Batch:
         """One side of the pairs alone (or the sentences / cross-encoded pairs), unlabelled."""
         input_ids, mask = pad_batch([self.sides[side][i] for i in indices], self.pad_id)
         return Batch(input_ids, mask, self._token_types(indices), False, None, indices)
 
-    def batch(self, indices: list[int]) -> Batch:
-        seqs = [side[i] for side in self.sides for i in indices]  # siamese: all a's, then all b's
+    def batch(self, indices: list[int], swap: list[bool] | None = None) -> Batch:
+        """The examples at `indices`, padded; `swap` (cross-encoded pairs): which pairs to encode
+        in the other order, [CLS] b [SEP] a [SEP]."""
+        if swap is not None and not self.cross:
+            raise ValueError(f"{self.spec.name}: only cross-encoded pairs can be swapped")
+        if swap is None:
+            seqs = [side[i] for side in self.sides for i in indices]  # siamese: all a's, then all b's
+        else:
+            seqs = [self._pick(0, i, s) for i, s in zip(indices, swap)]
         input_ids, mask = pad_batch(seqs, self.pad_id)
-        token_type_ids = self._token_types(indices)
+        token_type_ids = self._token_types(indices, swap)
         labels = self.labels[indices] if self.labels is not None else None
         return Batch(input_ids, mask, token_type_ids, self.siamese, labels, indices)
 
@@ -149,3 +173,11 @@ class MultitaskBert(nn.Module):
                 vectors = self.embed(batch)
             features = self.split(vectors, batch.siamese)
         return self.heads[task](*features)
+
+    def predict_batch(self, task: str, data: EncodedTask, indices: list[int], device: torch.device) -> torch.Tensor:
+        """Head outputs for prediction: one forward, or (model.symmetric_predict, cross-encoded
+        pairs) the mean of the outputs of both orders of each pair."""
+        out = self(task, data.batch(indices).to(device))
+        if self.cfg.symmetric_predict and data.cross:
+            out = (out + self(task, data.batch(indices, swap=[True] * len(indices)).to(device))) / 2
+        return out

@@ -59,11 +59,14 @@ def phrases(tree: tuple[int, list | str]) -> list[tuple[str, int]]:
     return out
 
 
-def phrase_examples(trees_file: Path, sentences: list[Example]) -> list[Example]:
+def phrase_examples(trees_file: Path, sentences: list[Example], min_words: int = 1) -> list[Example]:
     """Distinct labelled phrases of the training trees, minus the full sentences already in
-    `sentences` (their labels come from the sentence file)."""
+    `sentences` (their labels come from the sentence file), keeping those of at least
+    `min_words` words. Ids (`phrase-N`) number all distinct phrases, kept or not, so a phrase
+    has the same id whatever `min_words` is (soft labels are matched by id)."""
     seen = {e.texts[0] for e in sentences}
     out: list[Example] = []
+    count = 0
     with Path(trees_file).open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             try:
@@ -73,5 +76,7 @@ def phrase_examples(trees_file: Path, sentences: list[Example]) -> list[Example]
             for text, label in nodes:
                 if text not in seen:
                     seen.add(text)
-                    out.append(Example(f"phrase-{len(out)}", (text,), label))
+                    if text.count(" ") + 1 >= min_words:
+                        out.append(Example(f"phrase-{count}", (text,), label))
+                    count += 1
     return out

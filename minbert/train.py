@@ -33,7 +33,7 @@ from minbert.run_state import (BEST, LAST, Checkpoint, CheckpointTimer, Progress
                                config_differences, load_checkpoint, log_sizes, rng_state,
                                save_checkpoint, set_rng_state, truncate_logs)  # fmt: skip
 from minbert.samplers import epoch_schedule
-from minbert.tasks import SEED_TASKS, TASKS, use_tasks
+from minbert.tasks import SEED_TASKS, TASKS, TRAIN_ONLY, head_task, use_tasks
 from minbert.tokenizer import WordPieceTokenizer
 
 ALL_TASKS = SEED_TASKS  # the seed report's three tasks; a run's own are cfg.tasks
@@ -56,14 +56,15 @@ def read_all(cfg: RunConfig, splits: dict[str, tuple[str, ...]]) -> dict[str, di
     for split, tasks in splits.items():
         out[split] = {}
         for task in tasks:
-            result = TASKS[task].read(data_dir, split, cfg.data.skip_bad_rows)
-            if result.skipped:
+            result = TASKS[head_task(task)].read(data_dir, split, cfg.data.skip_bad_rows)
+            if result.skipped and task not in TRAIN_ONLY:
                 print(f"{result.path}: {result.skipped_summary()}")
             examples = result.examples
-            if cfg.data.sst_phrases and (split, task) == ("train", "sst"):
+            if split == "train" and (task == "sst_phrases" or (task == "sst" and cfg.data.sst_phrases)):
                 from minbert.phrases import phrase_examples
 
-                examples = examples + phrase_examples(data_dir / "sst-trees-train.txt", examples)
+                phrases = phrase_examples(data_dir / "sst-trees-train.txt", examples, cfg.data.phrase_min_words)
+                examples = phrases if task == "sst_phrases" else examples + phrases
             cap = cfg.data.max_train_examples if split == "train" else cfg.data.max_eval_examples
             if cap is not None and len(examples) > cap:
                 keep = sorted(random.Random(f"{cfg.train.seed}/{split}/{task}").sample(range(len(examples)), cap))
@@ -76,7 +77,8 @@ def needed_splits(cfg: RunConfig, train: bool = True, test: bool | None = None) 
     """The files a run reads, by split: the trained tasks' train files, every task's dev file,
     and (test=None: if cfg.train.predict_test) the test file of every task that has one."""
     specs = use_tasks(cfg.tasks)
-    splits = {"train": tuple(t for t in specs if any(t in p.tasks for p in cfg.train.phases))} if train else {}
+    trained = (*specs, *(t for t in TRAIN_ONLY if TRAIN_ONLY[t] in specs))
+    splits = {"train": tuple(t for t in trained if any(t in p.tasks for p in cfg.train.phases))} if train else {}
     splits["dev"] = tuple(specs)
     if cfg.train.predict_test if test is None else test:
         splits["test"] = tuple(t for t, spec in specs.items() if "test" in spec.files)
@@ -86,12 +88,28 @@ def needed_splits(cfg: RunConfig, train: bool = True, test: bool | None = None) 
 def encode_all(raw, tokenizer: WordPieceTokenizer, cfg: RunConfig) -> dict[str, dict[str, EncodedTask]]:
     return {
         split: {
-            task: EncodedTask(TASKS[task], examples, tokenizer, TASKS[task].pair_encoding or cfg.model.pair_encoding,
-                              cfg.model.max_length)  # fmt: skip
+            task: EncodedTask(TASKS[head_task(task)], examples, tokenizer,
+                              TASKS[head_task(task)].pair_encoding or cfg.model.pair_encoding, cfg.model.max_length)  # fmt: skip
             for task, examples in tasks.items()
         }
         for split, tasks in raw.items()
     }
+
+
+def attach_soft_labels(train: dict[str, EncodedTask], cfg: RunConfig) -> None:
+    """Distillation: every training task with soft labels in cfg.train.distill_from (a directory
+    written by `minbert ensemble --soft-labels`) gets the teacher's, aligned by example id."""
+    if not cfg.train.distill_from:
+        return
+    from minbert.ensemble import load_soft_labels, soft_labels_path
+
+    folder = Path(cfg.train.distill_from)
+    found = [t for t in train if soft_labels_path(folder, t).is_file()]
+    if not found:
+        raise ConfigError(f"train.distill_from: {folder} holds no soft labels for the run's training tasks "
+                          f"{tuple(train)} (write them with minbert ensemble ... --soft-labels TASK,...)")  # fmt: skip
+    for task in found:
+        train[task].soft = load_soft_labels(folder, task, train[task].ids)
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,6 +304,7 @@ def _train(cfg, out_dir: Path, resume, stop_after_epochs, progress, device, init
     raw = read_all(cfg, needed_splits(cfg))  # fails here, before any long work, on bad data
     model, tokenizer = build_model(cfg)
     data = encode_all(raw, tokenizer, cfg)
+    attach_soft_labels(data.get("train", {}), cfg)
     model.to(device)
     if cfg.train.compile:
         model.bert.compile(dynamic=True)  # in place: parameter names stay checkpoint keys
@@ -440,7 +459,8 @@ def _run_epoch(run: Run, phase: PhaseConfig, schedule: list[str], desc: str) -> 
         indices = run.streams[task].next_indices(run.data["train"][task], cfg.train.batch_size, cfg.train.seed)
         mine, weight = distributed.local_share(indices)
         with distributed.autocast(run.device, cfg.train.precision):
-            loss = _step_loss(run.net, task, mine, run.data["train"][task], phase, run.features, cfg, run.device) * weight
+            loss = _step_loss(run.net, task, mine, run.data["train"][task], phase, run.features, cfg, run.device,
+                              state.step) * weight  # fmt: skip
         if loss.requires_grad:  # a parameter-free head on a frozen encoder has nothing to learn
             loss.backward()
             run.optimizer.step()
@@ -493,19 +513,53 @@ class StepLog:
         self.pending.clear()
 
 
-def _step_loss(net, task, indices, data, phase, features, cfg, device) -> torch.Tensor:
-    """The loss of one batch: MLM, heads on cached vectors, heads on a frozen encoder, or all.
+def _step_loss(net, task, indices, data, phase, features, cfg, device, step: int = 0) -> torch.Tensor:
+    """The loss of one batch: MLM, heads on cached vectors, heads on a frozen encoder, or all;
+    with the task's loss weight, R-Drop, swapped pairs and distillation where configured.
     `net` is the model, or its DDP wrapper (MLM runs in one process only)."""
     if task == "mlm":
         return data.loss(net.bert, indices, device)
+    head, weight = head_task(task), cfg.train.loss_weights.get(task, 1.0)
     if features is not None:
-        labels = data.labels[indices].to(device)
-        output = net(task, features=features.train(task, indices))
-    else:
-        batch = data.batch(indices).to(device)
-        labels = batch.labels
-        output = net(task, batch, frozen_encoder=phase.mode == "frozen")
-    return task_loss(task, output.float(), labels, cfg.train.sts_loss)
+        output = net(head, features=features.train(task, indices))
+        return task_loss(head, output.float(), data.labels[indices].to(device), cfg.train.sts_loss) * weight
+    swap = None
+    if cfg.train.swap_pairs and data.cross:  # a coin per (step, example): the same on every DDP rank
+        swap = [random.Random(f"{cfg.train.seed}/swap/{step}/{i}").random() < 0.5 for i in indices]
+    rdrop = cfg.train.rdrop > 0 and task in cfg.train.rdrop_tasks and phase.mode != "frozen"
+    rows = indices + indices if rdrop else indices  # R-Drop: the batch twice, two dropout masks
+    batch = data.batch(rows, swap + swap if rdrop and swap else swap).to(device)
+    output = net(head, batch, frozen_encoder=phase.mode == "frozen").float()
+    loss = task_loss(head, output, batch.labels, cfg.train.sts_loss)
+    if data.soft is not None:
+        w = cfg.train.distill_weight
+        loss = (1 - w) * loss + w * distill_loss(TASKS[head].kind, output, data.soft[rows].to(device))
+    if rdrop:
+        loss = loss + cfg.train.rdrop * disagreement(TASKS[head].kind, *output.chunk(2))
+    return loss * weight
+
+
+def distill_loss(kind: str, output: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """The loss against a teacher's soft labels: cross-entropy with its class probabilities,
+    binary cross-entropy with its P(positive), or the squared error to its score."""
+    if kind == "classification":
+        return torch.nn.functional.cross_entropy(output, soft)
+    if kind == "binary":
+        return torch.nn.functional.binary_cross_entropy_with_logits(output, soft)
+    return torch.nn.functional.mse_loss(output, soft)
+
+
+def disagreement(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """R-Drop's term between two forwards of one batch: the symmetric KL divergence of their
+    class distributions (a binary logit is the two-class distribution [0, logit]), or the
+    squared difference of their scores."""
+    if kind == "regression":
+        return torch.nn.functional.mse_loss(a, b)
+    if kind == "binary":
+        a, b = (torch.stack([torch.zeros_like(x), x], dim=-1) for x in (a, b))
+    la, lb = a.log_softmax(-1), b.log_softmax(-1)
+    kl = torch.nn.functional.kl_div
+    return 0.5 * (kl(la, lb, log_target=True, reduction="batchmean") + kl(lb, la, log_target=True, reduction="batchmean"))
 
 
 def cosent_loss(scores: torch.Tensor, labels: torch.Tensor, scale: float = 20.0,

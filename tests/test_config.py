@@ -68,6 +68,9 @@ OUT_OF_RANGE = {
     "train.checkpoint_every_steps": ["0", "-5"],
     "train.checkpoint_every_minutes": ["0", "-1", "nan", "inf"],
     "train.log_every_steps": ["0"],
+    "data.phrase_min_words": ["0"],
+    "train.rdrop": ["-0.1", "nan", "inf"],
+    "train.distill_weight": ["-0.1", "1.1", "nan"],
     "train.phases.0.epochs": ["-1"],
     "train.phases.0.full_epochs": ["-1"],
     "train.phases.0.lr": ["0", "-1e-5", "nan", "inf"],
@@ -87,6 +90,22 @@ def test_every_range_has_out_of_range_cases():
 def test_values_out_of_range_are_errors(key, value):
     with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: \S+ is out of range \(allowed: [^)]+\)$"):
         load_config(None, [f"{key}={value}"])
+
+
+def test_loss_weights_and_rdrop_tasks_name_training_tasks():
+    cfg = load_config(None, ["train.loss_weights={sst_phrases: 0.5}", "train.rdrop_tasks=[sst, sst_phrases]",
+                             "train.phases.0.tasks=[sst_phrases, sst]"])  # fmt: skip
+    assert cfg.train.loss_weights == {"sst_phrases": 0.5}
+    with pytest.raises(ConfigError, match=r"^train.loss_weights: 'cfimdb' is not one of the run's training tasks"):
+        load_config(None, ["train.loss_weights={cfimdb: 2}"])
+    with pytest.raises(ConfigError, match=r"^train.rdrop_tasks: 'quora' is not one of"):
+        load_config(None, ["train.rdrop_tasks=[quora]"])
+    with pytest.raises(ConfigError, match=r"^train.loss_weights.sst: -1.0 is out of range"):
+        load_config(None, ["train.loss_weights={sst: -1}"])
+    with pytest.raises(ConfigError, match=r"^train.phases.0.tasks: a frozen phase"):
+        load_config(None, ["train.phases.0.tasks=[sst_phrases]", "train.phases.0.mode=frozen"])
+    with pytest.raises(ConfigError, match=r"^train.phases.0.tasks: \['sst_phrases'\] must be"):  # no sst: no owner
+        load_config(None, ["tasks=[para]", "train.phases.0.tasks=[sst_phrases]"])
 
 
 def test_range_edges_are_allowed():

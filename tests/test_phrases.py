@@ -48,3 +48,29 @@ def test_train_cap_counts_phrases(data_dir):
     sst = read_all(cfg, {"train": ("sst",)})["train"]["sst"]
     assert len(sst) == 500
     assert any(e.id.startswith("phrase-") for e in sst) and not all(e.id.startswith("phrase-") for e in sst)
+
+
+def test_min_words_keeps_ids(tmp_path):
+    """phrase_min_words drops short phrases; a kept phrase keeps the id it has without the filter."""
+    f = tmp_path / "trees.txt"
+    f.write_text("(3 (2 a) (4 (3 b) (2 a)))\n(1 (2 a) (0 c))\n")
+    every = {e.texts[0]: e.id for e in phrase_examples(f, [])}
+    long = phrase_examples(f, [], min_words=2)
+    assert [e.texts[0] for e in long] == ["a b a", "b a", "a c"]
+    assert all(every[e.texts[0]] == e.id for e in long)
+
+
+def test_phrases_as_their_own_training_task(small_data_dir, tmp_path):
+    """sst_phrases: the phrases alone, read as a train-only task that uses the sst spec."""
+    from minbert.config import load_config
+    from minbert.tasks import TASKS, head_task
+    from minbert.train import needed_splits, read_all
+
+    cfg = load_config(None, [f"data.dir={small_data_dir}", "data.phrase_min_words=3",
+                             "train.phases=[{tasks: [sst_phrases], epochs: 1}, {tasks: [sst, para], epochs: 1}]"])  # fmt: skip
+    assert needed_splits(cfg, test=False)["train"] == ("sst", "para", "sst_phrases")
+    train = read_all(cfg, {"train": ("sst_phrases", "sst")})["train"]
+    assert train["sst_phrases"] and all(e.id.startswith("phrase-") for e in train["sst_phrases"])
+    assert all(len(e.texts[0].split(" ")) >= 3 for e in train["sst_phrases"])
+    assert not any(e.id.startswith("phrase-") for e in train["sst"])
+    assert TASKS[head_task("sst_phrases")] is TASKS["sst"]

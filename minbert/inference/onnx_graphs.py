@@ -135,10 +135,17 @@ class OnnxBackend:
         kind = graph_kind(task, self.model_cfg.pair_encoding)
         if kind == "siamese":  # each side padded to its own length
             a, b = data.side_batch(0, indices), data.side_batch(1, indices)
-            tensors = (a.input_ids, a.attention_mask, b.input_ids, b.attention_mask)
-        else:
-            batch = data.batch(indices)
-            tensors = (batch.input_ids, batch.attention_mask, batch.token_type_ids)[: len(INPUTS[kind])]
+            return self._run(task, kind, (a.input_ids, a.attention_mask, b.input_ids, b.attention_mask))
+        output = self._run(task, kind, self._inputs(kind, data.batch(indices)))
+        if self.model_cfg.symmetric_predict and data.cross:  # both orders averaged, as MultitaskBert.predict_batch
+            output = (output + self._run(task, kind, self._inputs(kind, data.batch(indices, [True] * len(indices))))) / 2
+        return output
+
+    @staticmethod
+    def _inputs(kind: str, batch) -> tuple[torch.Tensor, ...]:
+        return (batch.input_ids, batch.attention_mask, batch.token_type_ids)[: len(INPUTS[kind])]
+
+    def _run(self, task: str, kind: str, tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
         feeds = {name: t.numpy() for name, t in zip(INPUTS[kind], tensors)}
         (output,) = self.session(task).run([OUTPUTS[task]], feeds)
         return torch.from_numpy(output)

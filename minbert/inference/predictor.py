@@ -75,7 +75,7 @@ class TorchBackend:
 
     def __call__(self, task: str, data: EncodedTask, indices: list[int]) -> torch.Tensor:
         with distributed.autocast(self.device, self.precision):
-            return self.model(task, data.batch(indices).to(self.device))
+            return self.model.predict_batch(task, data, indices, self.device)
 
 
 class Predictor:
@@ -187,14 +187,13 @@ class Predictor:
         """Which inputs lost tokens to max_length: only those whose encoding reached it are
         tokenised again, without truncation, to find out."""
         limit = self.model_cfg.max_length
-        cross = data.spec.is_pair and not data.siamese  # [CLS] a [SEP] b [SEP]: one sequence, 3 specials
         flags = []
         for texts, length in zip(rows, data.lengths):
             if length < limit:
                 flags.append(False)
                 continue
             sizes = [len(self.tokenizer.tokens(t)) for t in texts]
-            flags.append((sum(sizes) + 3 if cross else max(sizes) + 2) > limit)
+            flags.append((sum(sizes) + 3 if data.cross else max(sizes) + 2) > limit)  # cross: 3 specials
         return flags
 
 

@@ -308,6 +308,17 @@ def use_tasks(entries: list) -> dict[str, TaskSpec]:
     return specs
 
 
+# Train-only tasks: more training data for a declared task, trained through that task's head,
+# loss and spec, never evaluated on their own. A phase names them like any task
+# (`tasks: [sst_phrases]`: the SST treebank's labelled phrases, minbert/phrases.py).
+TRAIN_ONLY = {"sst_phrases": "sst"}
+
+
+def head_task(name: str) -> str:
+    """The task whose head and spec a training task uses: itself, or a train-only task's owner."""
+    return TRAIN_ONLY.get(name, name)
+
+
 def is_seed_task_set(names) -> bool:
     """The CS224N overall score applies: exactly the three built-in seed tasks."""
     return sorted(names) == sorted(SEED_TASKS) and all(TASKS[n] == BUILTIN[n] for n in names)
