@@ -275,7 +275,8 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"train.phases.{i}.tasks: a frozen phase trains on cached vectors of the run's tasks only")
         for name, rule in PHASE_RANGES.items():
             _check_range(f"train.phases.{i}.{name}", getattr(phase, name), rule)
-    for key, tasks in (("train.loss_weights", list(cfg.train.loss_weights)), ("train.rdrop_tasks", cfg.train.rdrop_tasks)):
+    rdrop_tasks = cfg.train.rdrop_tasks if cfg.train.rdrop > 0 else []  # the default names sst and sts: checked when on
+    for key, tasks in (("train.loss_weights", list(cfg.train.loss_weights)), ("train.rdrop_tasks", rdrop_tasks)):
         bad = [t for t in tasks if t not in trainable]
         if bad:
             raise ConfigError(f"{key}: {bad[0]!r} is not one of the run's training tasks {trainable}")

@@ -99,7 +99,8 @@ def test_loss_weights_and_rdrop_tasks_name_training_tasks():
     with pytest.raises(ConfigError, match=r"^train.loss_weights: 'cfimdb' is not one of the run's training tasks"):
         load_config(None, ["train.loss_weights={cfimdb: 2}"])
     with pytest.raises(ConfigError, match=r"^train.rdrop_tasks: 'quora' is not one of"):
-        load_config(None, ["train.rdrop_tasks=[quora]"])
+        load_config(None, ["train.rdrop=1", "train.rdrop_tasks=[quora]"])
+    assert load_config(None, ["tasks=[para]", "train.phases.0.tasks=[para]"]).train.rdrop_tasks == ["sst", "sts"]  # off
     with pytest.raises(ConfigError, match=r"^train.loss_weights.sst: -1.0 is out of range"):
         load_config(None, ["train.loss_weights={sst: -1}"])
     with pytest.raises(ConfigError, match=r"^train.phases.0.tasks: a frozen phase"):
