@@ -1,4 +1,4 @@
-"""`minbert train | evaluate | predict | predict-files | export | serve | reproduce | plot`.
+"""`minbert train | evaluate | predict | predict-files | ensemble | export | serve | reproduce | plot`.
 
 Config overrides are dotted keys after the named options: `minbert train --train.seed=3
 --train.phases.0.epochs=2`. `--model PATH` is short for `--model.checkpoint=PATH`.
@@ -56,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     p_files.add_argument("--out", required=True)
     p_files.add_argument("--format", choices=PREDICTION_LAYOUTS, default="csv",
                          help="csv: id,prediction; cs224n: the course leaderboard's layout (its starter code's)")
+    p_ens = sub.add_parser("ensemble", help="average several runs' predictions: the six prediction files, dev "
+                           "scores, and a directory Predictor.load and --checkpoint take")
+    p_ens.add_argument("runs", nargs="+", metavar="RUN", help="run directories (their best.safetensors) or checkpoint files")
+    p_ens.add_argument("--out", required=True)
+    p_ens.add_argument("--soft-labels", metavar="TASK,...", help="also the ensemble's soft predictions on these tasks' "
+                       "training split, for distillation (train-soft-TASK.jsonl)")
+    p_ens.add_argument("--no-test", action="store_true", help="the dev split only")
     p_exp = sub.add_parser("export", help="the model as a Hugging Face BERT directory or ONNX graphs")
     p_exp.add_argument("--out", required=True)
     p_exp.add_argument("--format", choices=FORMATS, default="hf")
@@ -83,20 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     for p in (p_eval, p_pred, p_files, p_exp, p_serve):
         p.add_argument("--checkpoint", required=True,
                        help="a run directory (its best.safetensors) or a .safetensors checkpoint written by minbert "
-                            "train" + (" (or an export directory)" if p in (p_pred, p_serve) else ""))  # fmt: skip
+                            "train" + (" (or an export or ensemble directory)" if p in (p_pred, p_serve) else ""))  # fmt: skip
     p_rep = sub.add_parser("reproduce", help="the seed report's Models A-F, with a table and a chart")
     p_rep.add_argument("--out", required=True)
     p_rep.add_argument("--models", default="A,B,C,D,E,F")
     p_plot = sub.add_parser("plot", help="draw a run's pictures again: curves.png, and the dev pictures if evaluated")
     p_plot.add_argument("run", help="a run directory")
-    for p in (p_train, p_eval, p_pred, p_files, p_exp, p_serve, p_rep):
+    for p in (p_train, p_eval, p_pred, p_files, p_ens, p_exp, p_serve, p_rep):
         p.add_argument("--model", help="BERT checkpoint directory (default: the embedded all-MiniLM-L6-v2)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args, unknown = parser.parse_known_args(argv)
     if args.command == "plot":
         return plot(Path(args.run), unknown, p_plot)
-    active = {"train": p_train, "evaluate": p_eval, "predict": p_pred, "predict-files": p_files, "export": p_exp,
-              "serve": p_serve, "reproduce": p_rep}[args.command]  # fmt: skip
+    active = {"train": p_train, "evaluate": p_eval, "predict": p_pred, "predict-files": p_files, "ensemble": p_ens,
+              "export": p_exp, "serve": p_serve, "reproduce": p_rep}[args.command]  # fmt: skip
     overrides = _overrides(unknown, args.model, active)
 
     from minbert.checkpoint import CheckpointError
@@ -127,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
             scores = predict_checkpoint(args.checkpoint, overrides, out, progress=not args.no_progress, layout=args.format)
             print_scores(scores)
             print(f"prediction files ({args.format}) written to {out}")
+        elif args.command == "ensemble":
+            from minbert.ensemble import predict_ensemble
+
+            soft = args.soft_labels.split(",") if args.soft_labels else []
+            print_scores(predict_ensemble(args.runs, args.out, overrides, soft, test=not args.no_test,
+                                          progress=not args.no_progress))  # fmt: skip
+            print(f"ensemble of {len(args.runs)} run(s) written to {args.out} (each input: {len(args.runs)} forward passes)")
         elif args.command == "predict":
             from minbert.inference import io
             from minbert.inference.predictor import Predictor

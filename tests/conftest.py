@@ -122,23 +122,25 @@ TINY_RUN_VARIANTS = {
 }
 
 
+def train_tiny_run(out: Path, tiny_checkpoint: Path, small_data_dir: Path, extra: list[str]) -> Path:
+    """A one-epoch run of the tiny checkpoint on the small data into `out`, with `extra` overrides."""
+    from minbert.config import load_config
+    from minbert.train import train
+
+    cfg = load_config(None, [
+        f"model.checkpoint={tiny_checkpoint}", f"data.dir={small_data_dir}", f"data.cache_dir={out.parent / 'cache'}",
+        "train.batch_size=8", "train.eval_batch_size=16", "train.threads=1", "train.phases=[{epochs: 1, lr: 1e-3}]",
+        *extra])  # fmt: skip
+    train(cfg, out, progress=False)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_runs(tiny_checkpoint, small_data_dir, tmp_path_factory) -> dict[str, Path]:
     """{variant: run directory} of one-epoch runs on the small data: cross-encoded pairs with mean
     pooling, and siamese pairs with the pooler's [CLS] and a cosine STS head."""
-    from minbert.config import load_config
-    from minbert.train import train
-
-    runs = {}
-    for name, extra in TINY_RUN_VARIANTS.items():
-        out = tmp_path_factory.mktemp(f"run_{name}") / "run"
-        cfg = load_config(None, [
-            f"model.checkpoint={tiny_checkpoint}", f"data.dir={small_data_dir}", f"data.cache_dir={out.parent / 'cache'}",
-            "train.batch_size=8", "train.eval_batch_size=16", "train.threads=1", "train.phases=[{epochs: 1, lr: 1e-3}]",
-            *extra])  # fmt: skip
-        train(cfg, out, progress=False)
-        runs[name] = out
-    return runs
+    return {name: train_tiny_run(tmp_path_factory.mktemp(f"run_{name}") / "run", tiny_checkpoint, small_data_dir, extra)
+            for name, extra in TINY_RUN_VARIANTS.items()}  # fmt: skip
 
 
 # --- `minbert serve` in this process (tests/test_serve.py, tests/test_serve_page.py) ---------

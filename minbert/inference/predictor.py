@@ -2,7 +2,7 @@
 similar two sentences are.
 
     from minbert import Predictor
-    p = Predictor.load("runs/main-20261126-101900")  # a run directory, a checkpoint file or an export
+    p = Predictor.load("runs/main-20261126-101900")  # a run directory, a checkpoint file, an export or an ensemble
     p.sentiment(["the movie was a triumph", "dull"])  # [Sentiment(label=3, name='positive', probabilities=(...)), ...]
     p.paraphrase([("How do I learn Python?", "What is the best way to learn Python?")])  # [Paraphrase(...)]
     p.similarity([("A man plays a guitar.", "A person plays music.")])  # [3.87]
@@ -97,17 +97,24 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, backend: str = "torch", device: str | torch.device | None = None,
              batch_size: int | None = None, overrides: Sequence[str] = ()) -> "Predictor":  # fmt: skip
-        """From a run directory (its best.safetensors), a checkpoint file, or a directory written by
+        """From a run directory (its best.safetensors), a checkpoint file, a directory written by
         `minbert export` (backend "torch" reads its safetensors, "onnx" its ONNX graphs through
-        onnxruntime). `overrides` are dotted config keys for a run (e.g. `model.checkpoint=DIR`
-        where its base checkpoint, whose vocab.txt it uses, has moved)."""
+        onnxruntime), or one written by `minbert ensemble` (torch only: every member runs on
+        each batch, see minbert.ensemble). `overrides` are dotted config keys for a run (e.g.
+        `model.checkpoint=DIR` where its base checkpoint, whose vocab.txt it uses, has moved)."""
+        from minbert import ensemble
         from minbert.inference import export
 
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
         device = torch.device(device) if device else distributed.default_device()
         path = Path(path)
-        if export.is_export(path):
+        if ensemble.is_ensemble(path):
+            if backend == "onnx":
+                raise ValueError(f"{path}: an ensemble runs on the torch backend only (its members' PyTorch models)")
+            run, dev = ensemble.load_ensemble_dir(path, overrides, device)
+            cfg, tokenizer, threshold = run.cfg, run.tokenizer, PARAPHRASE_THRESHOLD
+        elif export.is_export(path):
             manifest = export.read_manifest(path)
             cfg, threshold, tokenizer, dev = manifest.cfg, manifest.threshold, export.read_tokenizer(path), manifest.dev
             if backend == "onnx":
