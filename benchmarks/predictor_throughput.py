@@ -1,19 +1,23 @@
-"""Predictor throughput, PyTorch vs ONNX (onnxruntime), measured in the same run.
+"""Predictor throughput: PyTorch and ONNX Runtime, each in fp32 and int8, measured in the same run.
 
 What: `Predictor.predict` end to end (tokenisation, length-sorted batches, the model, the
 results in input order) on the SST dev sentences (1,101, in sentences/s), the Quora dev pairs
-(5,000) and the STS dev pairs (863, in pairs/s), once with the PyTorch backend and once with
-the ONNX backend, on the same model, threads and batch size.
+(5,000) and the STS dev pairs (863, in pairs/s), with four backends on the same model, threads
+and batch size: PyTorch fp32 (the baseline), PyTorch int8 (`--backend int8`: the encoder's
+linear layers dynamically quantised by torch.ao), ONNX fp32 (`minbert export --format onnx`)
+and ONNX int8 (those graphs dynamically quantised by onnxruntime.quantization, per channel).
 Model: --model-dir, a run directory, a checkpoint file or an export (its ONNX graphs are
 written to a temporary directory first where it has none); by default the embedded
 all-MiniLM-L6-v2 with freshly initialised heads under minbert/configs/main.yaml's model section
 (the main job's model: cross-encoded pairs, mean pooling), which has the trained model's shapes
 and costs, not its predictions. The output says which was measured.
-How: one process; torch and onnxruntime both get --threads intra-op threads; each backend first
-predicts one untimed batch of each task; then, --repeats times, task by task, torch and onnx run
-one after the other, and the best time of each is kept (on a shared CPU, interleaving and the
-best of several runs keep other processes' load out of the comparison as far as they can).
-Their predictions are compared as a check that both did the same work.
+How: one process; torch and onnxruntime both get --threads intra-op threads (default: the cores
+this process may use); each backend first predicts one untimed batch of each task; then,
+--repeats times, task by task, the backends run one after the other, and the best time of each is
+kept (on a shared CPU, interleaving and the best of several runs keep other processes' load out
+of the comparison as far as they can). The ONNX fp32 predictions are compared with PyTorch's as a
+check that both did the same work; the int8 ones are what they are: with a trained model
+(--model-dir RUN), the dev scores of each backend are printed too.
 Run (from the repository root):
     nice -n 10 python benchmarks/predictor_throughput.py [--model-dir DIR] [--threads 2] [--limit N]
         [--batch-size N] [--repeats 1] [--data-dir DIR]
@@ -22,6 +26,7 @@ Run (from the repository root):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -34,7 +39,7 @@ from minbert.configs import resolve_config
 from minbert.data import resolve_data_dir
 from minbert.inference.export import agreement, is_export, load_model, read_manifest, read_tokenizer, write_export
 from minbert.inference.onnx_graphs import OnnxBackend, graph_path
-from minbert.inference.predictor import Predictor, TorchBackend, split_inputs
+from minbert.inference.predictor import Predictor, TorchBackend, allowed_cores, quantized, split_inputs
 from minbert.train import build_model, load_trained, set_seed
 
 UNITS = {"sst": "sentences/s", "para": "pairs/s", "sts": "pairs/s"}
@@ -66,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", help="run directory, checkpoint or export (default: MiniLM, fresh heads)")
     parser.add_argument("--data-dir", help="data directory (default: ../shared/data, found)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=allowed_cores(), help="default: the cores this process may use")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's eval_batch_size (128)")
     parser.add_argument("--limit", type=int, default=None, help="at most N inputs per dev set")
     parser.add_argument("--repeats", type=int, default=1)
@@ -76,16 +81,27 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     model, tokenizer, cfg, described, export_dir = load(args.model_dir)
     batch = args.batch_size or cfg.train.eval_batch_size
-    dev = split_inputs(resolve_data_dir(args.data_dir or cfg.data.dir), "dev", args.limit)
+    data_dir = resolve_data_dir(args.data_dir or cfg.data.dir)
+    dev = split_inputs(data_dir, "dev", args.limit)
+    labelled = None
+    if args.model_dir is not None and args.limit is None:  # a trained model: score every backend's predictions
+        from minbert.tasks import TASKS
+
+        labelled = {t: [e.label for e in TASKS[t].read(data_dir, "dev").examples] for t in dev}
     with tempfile.TemporaryDirectory() as tmp:
         if export_dir is None or not graph_path(export_dir, "sst").exists():
             started = time.perf_counter()
             export_dir = Path(tmp)
             write_export(model, tokenizer, cfg, export_dir, "onnx")
             print(f"ONNX export: {time.perf_counter() - started:.1f} s")
+        int8_dir = Path(tmp) / "int8"
+        quantize_graphs(export_dir, int8_dir)
+        cpu = torch.device("cpu")
         predictors = {
-            "torch": Predictor(TorchBackend(model, torch.device("cpu"), "fp32"), tokenizer, cfg.model, batch),
+            "torch": Predictor(TorchBackend(model, cpu, "fp32"), tokenizer, cfg.model, batch),
+            "torch int8": Predictor(TorchBackend(quantized(model), cpu, "fp32"), tokenizer, cfg.model, batch),
             "onnx": Predictor(OnnxBackend(export_dir, cfg.model), tokenizer, cfg.model, batch, backend_name="onnx"),
+            "onnx int8": Predictor(OnnxBackend(int8_dir, cfg.model), tokenizer, cfg.model, batch, backend_name="onnx"),
         }
         for predictor in predictors.values():  # untimed warm-up: one batch of each task
             for task, inputs in dev.items():
@@ -101,17 +117,44 @@ def main() -> None:
 
     print(f"model: {described}; {cfg.model.pair_encoding} pairs, {cfg.model.pooling} pooling, "
           f"max_length {cfg.model.max_length}")  # fmt: skip
-    print(f"CPU: {os.cpu_count()} cores seen, {args.threads} threads (torch {torch.__version__}); batch {batch}; "
+    print(f"CPU: {os.cpu_count()} cores seen, {allowed_cores()} allowed, {args.threads} threads (torch {torch.__version__}); batch {batch}; "
           f"best of {args.repeats}; 1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
           "(above the thread count, other processes shared the CPU)")  # fmt: skip
-    print(f"check, ONNX vs PyTorch: {check}")
-    print("| inputs | n | PyTorch | ONNX | ONNX / PyTorch |")
-    print("|---|---|---|---|---|")
+    print(f"check, ONNX fp32 vs PyTorch fp32: {check}")
+    others = [name for name in predictors if name != "torch"]
+    print("| inputs | n | PyTorch fp32 | " + " | ".join(f"{n} (x fp32)" for n in others) + " |")
+    print("|---|---|---|" + "---|" * len(others))
     for task, inputs in dev.items():
         rate = {name: len(inputs) / seconds[name][task] for name in predictors}
-        unit = UNITS[task]
-        print(f"| {NAMES[task]} | {len(inputs):,} | {rate['torch']:.1f} {unit} | {rate['onnx']:.1f} {unit} | "
-              f"{rate['onnx'] / rate['torch']:.2f} |")  # fmt: skip
+        cells = [f"{rate[n]:.1f} ({rate[n] / rate['torch']:.2f}x)" for n in others]
+        print(f"| {NAMES[task]} | {len(inputs):,} | {rate['torch']:.1f} {UNITS[task]} | " + " | ".join(cells) + " |")
+    total = {name: sum(len(dev[t]) for t in dev) / sum(seconds[name].values()) for name in predictors}
+    print("| all three, inputs/s | " + f"{sum(len(v) for v in dev.values()):,} | {total['torch']:.1f} | "
+          + " | ".join(f"{total[n]:.1f} ({total[n] / total['torch']:.2f}x)" for n in others) + " |")  # fmt: skip
+    if labelled:
+        print("dev scores (the whole dev sets were predicted):")
+        for name in predictors:
+            print(f"  {name}: {json.dumps(dev_scores_of(results[name], labelled))}")
+
+
+def quantize_graphs(fp32_dir: Path, int8_dir: Path) -> None:
+    """Each task's ONNX graph with its MatMul weights dynamically quantised to int8, per channel
+    (onnxruntime.quantization.quantize_dynamic)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    int8_dir.mkdir(parents=True, exist_ok=True)
+    for graph in sorted(fp32_dir.glob("*.onnx")):
+        quantize_dynamic(str(graph), str(int8_dir / graph.name), weight_type=QuantType.QInt8, per_channel=True)
+
+
+def dev_scores_of(results: dict[str, list], labelled: dict) -> dict[str, float]:
+    """The dev scores of Predictor results (labels, decisions, scores) against the dev labels."""
+    from minbert.metrics import overall_score, pearson
+
+    sst = sum(r.label == y for r, y in zip(results["sst"], labelled["sst"])) / len(labelled["sst"])
+    para = sum(int(r.is_paraphrase) == y for r, y in zip(results["para"], labelled["para"])) / len(labelled["para"])
+    sts = pearson(results["sts"], labelled["sts"])
+    return {"sst": round(sst, 4), "para": round(para, 4), "sts": round(sts, 4), "overall": round(overall_score(sst, para, sts), 4)}
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--overwrite", action="store_true", help="start again in an --out that already holds a run")
     p_eval = sub.add_parser("evaluate", help="dev scores of a saved checkpoint, and pictures of its dev outputs")
     p_eval.add_argument("--plots", help="where dev-outputs.json and the dev pictures go (default: the run directory)")
+    p_eval.add_argument("--backend", choices=("torch", "int8"), default="torch",
+                        help="int8: the encoder's linear layers quantised to int8, on the CPU")
     p_pred = sub.add_parser("predict", help="ask a trained model: sentiment of texts, paraphrase or similarity")
     p_pred.add_argument("--task", required=True, help="sst, para, sts, or a task the run declared")
     p_pred.add_argument("texts", nargs="*", help="texts (sst), or the two sides of each pair in turn (para, sts)")
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     p_pred.add_argument("--columns", help="the text column(s) of --input, comma-separated, where named otherwise")
     p_pred.add_argument("--output", help="the predictions of --input, written atomically (default: stdout)")
     p_pred.add_argument("--format", choices=OUTPUT_FORMATS, help="of --output (default: from its extension, else csv)")
-    p_pred.add_argument("--backend", choices=BACKENDS, default="torch", help="onnx: an export's ONNX graphs")
+    p_pred.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="onnx: an export's ONNX graphs; int8: the encoder quantised to int8, on the CPU")
     p_pred.add_argument("--batch-size", type=int, help="default: the run's eval_batch_size")
     p_files = sub.add_parser("predict-files", help="write the six dataset prediction files (dev and test)")
     p_files.add_argument("--out", required=True)
@@ -72,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--host", default="127.0.0.1",
                          help="address to listen on (default: 127.0.0.1, this machine only)")
     p_serve.add_argument("--port", type=int, default=8000, help="(default: 8000)")
-    p_serve.add_argument("--backend", choices=BACKENDS, default="torch", help="onnx: an export's ONNX graphs")
-    p_serve.add_argument("--threads", type=int, help="torch threads for the forwards (default: torch's, one per core)")
+    p_serve.add_argument("--backend", choices=BACKENDS, default="torch",
+                         help="onnx: an export's ONNX graphs; int8: the encoder quantised to int8, on the CPU")
     limits = Limits()
     p_serve.add_argument("--max-batch", type=int, default=limits.max_batch, help="inputs gathered from concurrent "
                          f"requests into one forward (default: {limits.max_batch}; 1: one request per forward)")
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                          help=f"characters in one text (default: {limits.max_chars})")
     p_serve.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes,
                          help=f"bytes in a request body (default: {limits.max_body_bytes})")  # fmt: skip
+    for p in (p_eval, p_pred, p_serve):
+        p.add_argument("--threads", type=int, help="threads for the forwards (default: the cores this process may use)")
     for p in (p_eval, p_pred, p_files, p_exp, p_serve):
         p.add_argument("--checkpoint", required=True,
                        help="a run directory (its best.safetensors) or a .safetensors checkpoint written by minbert "
@@ -111,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     from minbert.data import DataError
     from minbert.run_state import RunError
 
+    import torch
+
+    if hasattr(args, "threads"):  # the commands that predict: every core this process may use, by default
+        from minbert.inference.predictor import allowed_cores
+
+        torch.set_num_threads(args.threads or allowed_cores())
     try:
         if args.command == "train":
             config_path = resolve_config(args.config)
@@ -126,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             from minbert.reports.dev_report import evaluate_checkpoint
 
-            print_scores(evaluate_checkpoint(args.checkpoint, overrides, args.plots))
+            print_scores(evaluate_checkpoint(args.checkpoint, overrides, args.plots, backend=args.backend))
         elif args.command == "predict-files":
             from minbert.train import predict_checkpoint
 
@@ -173,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             max_batch, wait_ms = (1, 0.0) if args.no_batching else (args.max_batch, args.batch_wait_ms)
             limits = Limits(max_batch=max_batch, batch_wait_ms=wait_ms, max_texts=args.max_texts,
                             max_chars=args.max_chars, max_body_bytes=args.max_body_bytes)  # fmt: skip
-            serve(args.checkpoint, args.host, args.port, limits, args.backend, overrides, args.threads)
+            serve(args.checkpoint, args.host, args.port, limits, args.backend, overrides, torch.get_num_threads())
         elif args.command == "reproduce":
             from minbert.reports.reproduce import reproduce
 

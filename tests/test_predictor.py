@@ -205,3 +205,40 @@ def test_predict_files_in_the_cs224n_layout(run_dir, small_data_dir, tmp_path):
     csv_out = tmp_path / "csv"
     assert cli_main([*args, "--out", str(csv_out)]) == 0  # the default layout: the run's own files
     assert (csv_out / "sts-dev-output.csv").read_text() == (run_dir / "sts-dev-output.csv").read_text()
+
+
+def test_int8_backend_quantises_the_encoder_only_and_stays_close(run_dir, small_data_dir):
+    """--backend int8: the encoder's Linear layers become dynamically quantised int8 layers (a
+    copy: the fp32 model is untouched), heads stay fp32, and the head outputs move by no more
+    than int8 rounding of the weights and activations allows."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    from minbert.data import Example
+    from minbert.multitask import EncodedTask
+
+    fp32, int8 = Predictor.load(run_dir), Predictor.load(run_dir, backend="int8")
+    encoder = int8.backend.model.bert.encoder
+    assert all(isinstance(m, DynamicLinear) for n, m in encoder.named_modules() if n.endswith(("query", "dense")))
+    assert not any(isinstance(m, DynamicLinear) for m in int8.backend.model.heads.modules())
+    assert not any(isinstance(m, DynamicLinear) for m in fp32.backend.model.modules())
+    for task, inputs in split_inputs(small_data_dir, "dev").items():
+        examples = [Example(str(i), t if TASKS[task].is_pair else (t,), None) for i, t in enumerate(inputs)]
+        data = EncodedTask(TASKS[task], examples, fp32.tokenizer, fp32.model_cfg.pair_encoding, fp32.model_cfg.max_length)
+        with torch.no_grad():
+            a, b = (p.backend(task, data, list(range(len(examples)))).float() for p in (fp32, int8))
+        # int8 keeps about two significant digits of each weight and activation: the outputs move
+        # by a few percent of their size at most.
+        assert (a - b).abs().max() <= 0.05 * a.abs().max() + 1e-3, task
+
+
+def test_int8_backend_runs_on_the_cpu_only(run_dir):
+    with pytest.raises(ValueError, match="int8 backend runs on the CPU"):
+        Predictor.load(run_dir, backend="int8", device="cuda")
+
+
+def test_allowed_cores_is_the_affinity_mask():
+    import os
+
+    from minbert.inference.predictor import allowed_cores
+
+    assert allowed_cores() == len(os.sched_getaffinity(0)) >= 1

@@ -18,6 +18,8 @@ from its longer side first); `predict` says which inputs were cut.
 
 from __future__ import annotations
 
+import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,7 +34,7 @@ from minbert.multitask import EncodedTask, MultitaskBert
 from minbert.tasks import PARAPHRASE_THRESHOLD, SEED_TASKS, TASKS, probability_logit
 from minbert.tokenizer import WordPieceTokenizer
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "int8")
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,36 @@ class TorchBackend:
             return self.model.predict_batch(task, data, indices, self.device)
 
 
+def quantized(model: MultitaskBert) -> MultitaskBert:
+    """A copy of `model` for int8 prediction on the CPU: the encoder's Linear layers (attention
+    projections, feed-forward) dynamically quantised (torch.ao `quantize_dynamic`: int8 weights,
+    one scale per output channel; activations quantised batch by batch at run time); the
+    embeddings, LayerNorms and task heads stay fp32."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    model = copy.deepcopy(model).cpu().eval()
+    model.bert.encoder = quantize_dynamic(model.bert.encoder, {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                          dtype=torch.qint8)  # fmt: skip
+    return model
+
+
+def torch_backend(model: MultitaskBert, device: torch.device, precision: str, backend: str = "torch") -> TorchBackend:
+    """The PyTorch backend: the model as it is, or (backend "int8") its int8 copy on the CPU."""
+    if backend != "int8":
+        return TorchBackend(model, device, precision)
+    if device.type != "cpu":
+        raise ValueError(f"the int8 backend runs on the CPU, not {device.type}")
+    return TorchBackend(quantized(model), device, "fp32")
+
+
+def allowed_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask; all cores where unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class Predictor:
     """A trained model behind three calls: `sentiment`, `paraphrase` and `similarity` (and
     `predict(task, inputs)`, which also reports truncation). Build one with `Predictor.load`."""
@@ -100,17 +132,18 @@ class Predictor:
         """From a run directory (its best.safetensors), a checkpoint file, a directory written by
         `minbert export` (backend "torch" reads its safetensors, "onnx" its ONNX graphs through
         onnxruntime), or one written by `minbert ensemble` (torch only: every member runs on
-        each batch, see minbert.ensemble). `overrides` are dotted config keys for a run (e.g.
+        each batch, see minbert.ensemble). Backend "int8" runs a run's or an export's PyTorch
+        model with its encoder quantised to int8 (`quantized`), on the CPU. `overrides` are dotted config keys for a run (e.g.
         `model.checkpoint=DIR` where its base checkpoint, whose vocab.txt it uses, has moved)."""
         from minbert import ensemble
         from minbert.inference import export
 
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
-        device = torch.device(device) if device else distributed.default_device()
+        device = torch.device(device) if device else torch.device("cpu") if backend == "int8" else distributed.default_device()
         path = Path(path)
         if ensemble.is_ensemble(path):
-            if backend == "onnx":
+            if backend != "torch":
                 raise ValueError(f"{path}: an ensemble runs on the torch backend only (its members' PyTorch models)")
             run, dev = ensemble.load_ensemble_dir(path, overrides, device)
             cfg, tokenizer, threshold = run.cfg, run.tokenizer, PARAPHRASE_THRESHOLD
@@ -122,7 +155,7 @@ class Predictor:
 
                 run: Backend = OnnxBackend(path, cfg.model)
             else:
-                run = TorchBackend(export.load_model(path, manifest), device, cfg.train.precision)
+                run = torch_backend(export.load_model(path, manifest), device, cfg.train.precision, backend)
         else:
             if backend == "onnx":
                 raise ValueError(f"{path}: the onnx backend reads a directory written by "
@@ -132,7 +165,7 @@ class Predictor:
 
             ckpt = load_checkpoint(path)
             model, tokenizer, cfg = build_trained(ckpt, list(overrides), path)
-            threshold, run, dev = PARAPHRASE_THRESHOLD, TorchBackend(model, device, cfg.train.precision), ckpt.dev
+            threshold, run, dev = PARAPHRASE_THRESHOLD, torch_backend(model, device, cfg.train.precision, backend), ckpt.dev
         batch_size = batch_size or cfg.train.eval_batch_size
         predictor = cls(run, tokenizer, cfg.model, batch_size, threshold, str(path), backend)
         predictor.run_config, predictor.dev_scores = cfg, dev

@@ -340,7 +340,8 @@ def describe(predictor: Predictor, limits: Limits) -> dict:
 def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: Limits = DEFAULT_LIMITS,
           backend: str = "torch", overrides: list[str] = (), threads: int | None = None) -> None:  # fmt: skip
     """Load `checkpoint` (a run directory, checkpoint file or export) and serve it until Ctrl-C.
-    `threads`: torch's intra-op threads (default: torch's choice, one per core)."""
+    `threads`: torch's intra-op threads (default: torch's choice; the CLI passes the cores this
+    process may use, or --threads)."""
     import torch
     import uvicorn
 

@@ -23,11 +23,17 @@ def run_directory(checkpoint: str | Path) -> Path:
     return checkpoint if checkpoint.is_dir() else checkpoint.parent
 
 
-def evaluate_checkpoint(checkpoint: str | Path, overrides=(), plots_dir: str | Path | None = None, device=None) -> dict:
+def evaluate_checkpoint(checkpoint: str | Path, overrides=(), plots_dir: str | Path | None = None, device=None,
+                        backend: str = "torch") -> dict:  # fmt: skip
     """Dev scores of a model saved by `train`; writes dev-outputs.json and the three dev
-    pictures into plots_dir (default: the checkpoint's run directory)."""
-    device = torch.device(device) if device else distributed.default_device()
+    pictures into plots_dir (default: the checkpoint's run directory). `backend` "int8": the
+    model with its encoder quantised to int8 (minbert.inference.predictor.quantized), on the CPU."""
+    device = torch.device(device) if device else torch.device("cpu") if backend == "int8" else distributed.default_device()
     model, tokenizer, cfg = load_trained(checkpoint, list(overrides))
+    if backend == "int8":
+        from minbert.inference.predictor import quantized
+
+        model = quantized(model)
     dev = encode_all(read_all(cfg, needed_splits(cfg, train=False, test=False)), tokenizer, cfg)["dev"]
     model.to(device)
     outputs = {task: predict_soft(model, task, dev[task], cfg.train.eval_batch_size, device, cfg.train.precision)
