@@ -1,6 +1,6 @@
 """Issue 15's levers, measured over seeds in one pass on one CUDA machine (docs/RESULTS.md,
-"Levers"). Every run is `minbert train` on top of minbert/configs/main.yaml (the main job),
-one process each, all sharing the GPU:
+"Issue 15"). Every run is `minbert train` on top of minbert/configs/quick.yaml (the main job
+when this was run), one process each, all sharing the GPU:
 
 1. each lever alone and combined, three seeds each; beside them, the best recipe with the
    phrase curriculum (three seeds: it runs through every stage);
@@ -34,7 +34,7 @@ BEST = ("{name: multitask, tasks: [sst, para, sts], epochs: 6, sampler: proporti
         "warmup_ratio: 0.1, decay: linear}")  # fmt: skip
 CURRICULUM = ["--data.phrase_min_words=3", f"--train.phases=[{PH}, {{{RR}, tasks: [sst, para, sts]}}, {TAIL}]"]
 PHRASE_TASK = ["--data.phrase_min_words=3", f"--train.phases=[{{{RR}, tasks: [sst, sst_phrases, para, sts]}}, {TAIL}]"]
-LEVERS = {  # name: overrides on top of main.yaml
+LEVERS = {  # name: overrides on top of quick.yaml
     "base": [],
     "curriculum": CURRICULUM,
     "phrase_task": PHRASE_TASK,
@@ -73,7 +73,8 @@ def main() -> None:
 
     def train(name: str, seed: int, extra: list[str]) -> tuple[str, subprocess.Popen]:
         run = f"{name}_s{seed}"
-        return run, launch(run, ["-m", "minbert.cli", "train", "--out", str(out / "runs" / run), f"--train.seed={seed}", *common, *extra])
+        return run, launch(run, ["-m", "minbert.cli", "train", "--config", "quick", "--out", str(out / "runs" / run),
+                                 f"--train.seed={seed}", *common, *extra])  # fmt: skip
 
     def wait(procs: dict[str, subprocess.Popen], until: float) -> None:
         for name, p in procs.items():
