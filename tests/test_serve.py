@@ -269,7 +269,10 @@ def test_cli_serve_flags(monkeypatch, run_dir, capsys):
     calls = []
     monkeypatch.setattr(serve_module, "serve", lambda *args: calls.append(args))
     assert cli_main(["serve", "--checkpoint", str(run_dir)]) == 0
-    assert calls[-1] == (str(run_dir), "127.0.0.1", 8000, Limits(), "torch", [], None)  # loopback unless told otherwise
+    from minbert.inference.predictor import allowed_cores
+
+    # loopback unless told otherwise; as many threads as the process has cores allowed
+    assert calls[-1] == (str(run_dir), "127.0.0.1", 8000, Limits(), "torch", [], allowed_cores())
     assert cli_main(["serve", "--checkpoint", str(run_dir), "--host", "0.0.0.0", "--port", "9000", "--no-batching",
                      "--max-texts", "5", "--max-chars", "100", "--max-body-bytes", "2048",
                      "--threads", "1"]) == 0  # fmt: skip
