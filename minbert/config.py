@@ -72,6 +72,11 @@ class PhaseConfig:
     decay: str = "constant"  # "constant" or "linear" (to zero at the end of the phase)
     layer_lr_decay: float = 1.0  # lr of layer l = lr * decay^(L - l); 1.0 = off
     weight_decay: float = 0.01
+    # A dev evaluation every N steps inside this phase's epochs too (None: at epoch ends only;
+    # fine-tuning phases only), on train.eval_subset examples of each dev set; one that beats all
+    # earlier ones is scored on the full dev sets, which decide the kept checkpoint. Logged to
+    # evals.jsonl, with the elapsed time (time to quality).
+    eval_every_steps: int | None = None
 
 
 @dataclass
@@ -83,6 +88,12 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads; None = torch's default
     fused_adamw: bool = True  # torch's fused AdamW kernel (CPU and CUDA)
     eval_every_epoch: bool = True
+    # The dev examples of the phases' eval_every_steps evaluations: this many of each dev set
+    # (a fixed random choice per seed; None: all of them).
+    eval_subset: int | None = None
+    # Training batches: each pass over a task is shuffled, cut into chunks of this many batches,
+    # and each chunk sorted by length before batching (more: less padding, less mixed lengths).
+    bucket_batches: int = 50
     predict_test: bool = True  # write the *-test-output.csv files at the end
     budget: str = "cpu"  # "cpu": each phase's epochs; "full": its full_epochs where given
     cache_features: bool = True  # frozen phases train the heads on cached encoder vectors
@@ -217,6 +228,8 @@ RANGES = {
     "train.checkpoint_every_steps": AT_LEAST_1,
     "train.checkpoint_every_minutes": POSITIVE,
     "train.log_every_steps": AT_LEAST_1,
+    "train.eval_subset": (lambda v: v >= 2, ">= 2, for a correlation"),
+    "train.bucket_batches": AT_LEAST_1,
     "train.rdrop": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
     "train.distill_weight": (lambda v: 0 <= v <= 1, "0 <= value <= 1"),
 }
@@ -226,6 +239,7 @@ PHASE_RANGES = {
     "lr": POSITIVE,
     "head_lr": POSITIVE,
     "steps_per_epoch": AT_LEAST_1,
+    "eval_every_steps": AT_LEAST_1,
     "warmup_ratio": (lambda v: 0 <= v <= 1, "0 <= value <= 1"),
     "layer_lr_decay": (lambda v: 0 < v <= 1, "0 < value <= 1"),
     "weight_decay": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),

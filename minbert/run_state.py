@@ -58,6 +58,7 @@ class Progress:
     step_in_epoch: int = 0  # completed steps of the epoch in progress
     step: int = 0  # optimizer steps of the whole run
     best: float | None = None  # best dev overall so far
+    best_probe: float | None = None  # best overall of the in-epoch probes so far (eval_every_steps)
     history: list[dict] = field(default_factory=list)  # the epochs.jsonl records
     streams: dict[str, dict] = field(default_factory=dict)  # each task's place in its data
     loss_sums: dict[str, float] = field(default_factory=dict)  # the epoch in progress, per task

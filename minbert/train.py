@@ -181,10 +181,10 @@ class TaskStream:
     position: int = 0  # next batch within the current pass
     _batches: list[list[int]] | None = field(default=None, repr=False)
 
-    def next_indices(self, data: EncodedTask, batch_size: int, seed: int) -> list[int]:
+    def next_indices(self, data: EncodedTask, batch_size: int, seed: int, bucket_batches: int = 50) -> list[int]:
         if self._batches is None:
             rng = random.Random(f"{seed}/{self.task}/pass{self.passes}")
-            self._batches = length_bucketed_batches(data.lengths, batch_size, rng)
+            self._batches = length_bucketed_batches(data.lengths, batch_size, rng, bucket_batches)
         indices = self._batches[self.position]
         self.position += 1
         if self.position == len(self._batches):
@@ -198,7 +198,7 @@ class TaskStream:
 # ---------------------------------------------------------------------------------------
 # The recipe
 
-LOGS = ("steps.jsonl", "epochs.jsonl")
+LOGS = ("steps.jsonl", "epochs.jsonl", "evals.jsonl")
 # Keys that may change when a run is resumed: they decide when files are written (and how
 # many threads compute), not what is computed.
 RESUMABLE_CHANGES = ("train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.log_every_steps",
@@ -227,6 +227,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     timer: CheckpointTimer | None = None
     tensorboard: object | None = None  # a TensorBoardLog on rank 0 when train.tensorboard
+    probe: dict[str, EncodedTask] | None = None  # the dev examples of eval_every_steps (dev_probe)
 
     def __post_init__(self) -> None:
         self.earlier_s = self.progress.elapsed_s  # training time of earlier processes (resumed runs)
@@ -340,6 +341,8 @@ def _train(cfg, out_dir: Path, resume, stop_after_epochs, progress, device, init
             state = _continue_from(Path(init_from), cfg, model, out_dir)
     run = Run(cfg, out_dir, model, net, data, device, state, mlm_head, progress)
     run.streams = {t: TaskStream(t, **state.streams.get(t, {})) for t in data["train"]}
+    if any(p.eval_every_steps for p in cfg.train.phases):
+        run.probe = dev_probe(raw["dev"], tokenizer, cfg)
     if run.main and cfg.train.tensorboard:
         from minbert.reports.tensorboard import TensorBoardLog
 
@@ -378,14 +381,8 @@ def _train(cfg, out_dir: Path, resume, stop_after_epochs, progress, device, init
             record = {"phase": phase.name, "phase_index": phase_idx, "epoch": epoch + 1, "step": state.step,
                       "train_loss": losses, "elapsed_s": run.elapsed()}  # fmt: skip
             if cfg.train.eval_every_epoch or (phase_idx == len(cfg.train.phases) - 1 and epoch == phase.epochs - 1):
-                scores = evaluate_dev(model, data["dev"], cfg, device, run.features)
-                record["dev"] = scores
-                if state.best is None or scores["overall"] > state.best:
-                    state.best = scores["overall"]
-                    record["best"] = True
-                    if run.main:
-                        save_checkpoint(Checkpoint(model.state_dict(), to_dict(cfg), vars(model.bert.config), scores),
-                                        out_dir / BEST)  # fmt: skip
+                record["dev"] = evaluate_dev(model, data["dev"], cfg, device, run.features)
+                _keep_if_best(run, record)
             state.history.append(record)
             if run.main:
                 with (out_dir / "epochs.jsonl").open("a") as f:
@@ -425,6 +422,51 @@ def _train(cfg, out_dir: Path, resume, stop_after_epochs, progress, device, init
     return scores
 
 
+def _keep_if_best(run: Run, record: dict) -> None:
+    """Write best.safetensors when the record's full-dev overall beats the best so far."""
+    scores, state = record["dev"], run.progress
+    if state.best is None or scores["overall"] > state.best:
+        state.best = scores["overall"]
+        record["best"] = True
+        if run.main:
+            save_checkpoint(Checkpoint(run.model.state_dict(), to_dict(run.cfg), vars(run.model.bert.config), scores),
+                            run.out_dir / BEST)  # fmt: skip
+
+
+def dev_probe(raw_dev: dict[str, list[Example]], tokenizer: WordPieceTokenizer, cfg: RunConfig) -> dict[str, EncodedTask]:
+    """The dev examples scored every eval_every_steps steps of a phase: train.eval_subset of each
+    task's dev set (a fixed random choice, the same for every run of a seed), or all of them."""
+    k = cfg.train.eval_subset
+    chosen = {}
+    for task, examples in raw_dev.items():
+        keep = range(len(examples)) if k is None or k >= len(examples) else \
+            sorted(random.Random(f"{cfg.train.seed}/dev-probe/{task}").sample(range(len(examples)), k))  # fmt: skip
+        chosen[task] = [examples[i] for i in keep]
+    return encode_all({"dev": chosen}, tokenizer, cfg)["dev"]
+
+
+def _probe(run: Run, phase: PhaseConfig) -> None:
+    """A dev evaluation inside an epoch (the phase's eval_every_steps), on the probe examples
+    (`dev_probe`). When the probe's overall beats every earlier probe's, the full dev sets are
+    scored too, and they decide whether these weights become best.safetensors (so a plateau
+    costs few full evaluations). Logged to evals.jsonl; the model is back in training mode after."""
+    state, cfg = run.progress, run.cfg
+    record = {"phase": phase.name, "phase_index": state.phase, "epoch": state.epoch + 1, "step": state.step,
+              "elapsed_s": run.elapsed(), "probe": evaluate_dev(run.model, run.probe, cfg, run.device)}  # fmt: skip
+    if state.best_probe is None or record["probe"]["overall"] > state.best_probe:
+        state.best_probe = record["probe"]["overall"]
+        record["dev"] = evaluate_dev(run.model, run.data["dev"], cfg, run.device)
+        _keep_if_best(run, record)
+    run.model.train()
+    if run.main:
+        with (run.out_dir / "evals.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        probe = record["probe"]["overall"]
+        full = f"; full dev {record['dev']['overall']:.4f}" if "dev" in record else ""
+        mark = " *best" if record.get("best") else ""
+        print(f"[{phase.name} step {state.step}] dev probe {probe:.4f}{full}{mark} | {record['elapsed_s']}s", flush=True)
+
+
 def _checkpoint_to_resume(cfg: RunConfig, out_dir: Path) -> Checkpoint | None:
     """The checkpoint a resumed run continues from; None when the run stopped before its
     first one (it then starts over). Refuses a checkpoint of another config, naming the keys."""
@@ -456,7 +498,8 @@ def _run_epoch(run: Run, phase: PhaseConfig, schedule: list[str], desc: str) -> 
                  mininterval=2.0, initial=start, total=len(schedule))  # fmt: skip
     for task in steps:
         # Every rank draws the same global batch and trains on its own slice of it.
-        indices = run.streams[task].next_indices(run.data["train"][task], cfg.train.batch_size, cfg.train.seed)
+        indices = run.streams[task].next_indices(run.data["train"][task], cfg.train.batch_size, cfg.train.seed,
+                                                 cfg.train.bucket_batches)  # fmt: skip
         mine, weight = distributed.local_share(indices)
         with distributed.autocast(run.device, cfg.train.precision):
             loss = _step_loss(run.net, task, mine, run.data["train"][task], phase, run.features, cfg, run.device,
@@ -470,6 +513,9 @@ def _run_epoch(run: Run, phase: PhaseConfig, schedule: list[str], desc: str) -> 
         state.step += 1
         state.step_in_epoch += 1
         log.add(state.step, task, loss.detach(), lr)
+        every = phase.eval_every_steps
+        if every and phase.mode == "finetune" and state.step_in_epoch % every == 0 and state.step_in_epoch < len(schedule):
+            _probe(run, phase)  # the epoch's end is evaluated on the full dev sets anyway
         if len(log.pending) >= cfg.train.log_every_steps:
             log.flush()  # stops here on a non-finite loss, before anything is saved
             # Mid-epoch checkpoints at flush points only: every rank flushes at the same steps.

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from minbert.checkpoint import load_pretrained
-from minbert.model import BertConfig, BertModel, mean_pool
+from minbert import model as model_module
+from minbert.model import BertConfig, BertModel, dropout, mean_pool
 
 EPS = torch.finfo(torch.float32).eps
 
@@ -81,6 +82,50 @@ def test_dropout_active_only_in_training(tiny_checkpoint):
     assert not torch.equal(model(ids)[1], model(ids)[1])
     model.eval()
     assert torch.equal(model(ids)[1], model(ids)[1])
+
+
+def test_dropout_keeps_one_minus_p_scaled():
+    """Our CPU dropout: each element kept with probability 1 - p (each of the four 16-bit lanes
+    of a 64-bit draw too), kept ones scaled by 1 / (1 - p), so the mean is unchanged; gradients
+    go through the same mask; the identity outside training."""
+    torch.manual_seed(0)
+    x = torch.ones(400, 1000, requires_grad=True)
+    y = dropout(x, 0.1, training=True)
+    kept = y != 0
+    n = kept.numel()
+    sd = math.sqrt(0.1 * 0.9 / n)
+    assert abs(kept.float().mean().item() - 0.9) < 5 * sd  # 5 sigma: fails on a wrong rate, not by chance
+    for lane in range(4):  # int16 lanes of each int64 word, in memory order
+        lane_kept = kept.flatten()[lane::4].float().mean().item()
+        assert abs(lane_kept - 0.9) < 5 * math.sqrt(0.1 * 0.9 / (n / 4)), lane
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.9)
+    assert dropout(x, 0.1, training=False) is x and dropout(x, 0.0, training=True) is x
+    assert not torch.equal(dropout(x, 0.5, True), dropout(x, 0.5, True))
+    torch.manual_seed(1)
+    a = dropout(x, 0.5, True)
+    torch.manual_seed(1)
+    assert torch.equal(a, dropout(x, 0.5, True))  # reproducible from torch's seed (resume relies on it)
+
+
+def test_training_attention_is_sdpa_with_dropout(tiny_checkpoint, monkeypatch):
+    """In training on the CPU, attention is written out (softmax, our dropout, times V); with the
+    dropout made the identity it equals SDPA's result, padding masked."""
+    model = load_pretrained(tiny_checkpoint)
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 2023, 102, 0, 0, 0]])
+    mask = (ids != 0).long()
+    model.eval()
+    with torch.no_grad():
+        expected = model(ids, mask)[0]
+    monkeypatch.setattr(model_module, "dropout", lambda x, p, training: x)
+    for module in model.modules():  # the other dropouts off, the attention path still the training one
+        if isinstance(module, model_module.Dropout):
+            module.p = 0.0
+    model.train()
+    with torch.no_grad():
+        got = model(ids, mask)[0]
+    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
 
 
 def test_mean_pool_ignores_padding():

@@ -115,3 +115,42 @@ def test_beyond_seed_switches_together(tiny_checkpoint, small_data_dir, tmp_path
     train(cfg, tmp_path / "cut", progress=False, stop_after_epochs=1)  # after the MLM phase
     resumed = train(cfg, tmp_path / "cut", progress=False, resume=True)
     assert {k: resumed[k] for k in ("sst", "para", "sts")} == {k: full[k] for k in ("sst", "para", "sts")}
+
+
+def test_probes_inside_epochs_change_nothing_but_the_kept_checkpoint(tiny_checkpoint, small_data_dir, tmp_path):
+    """eval_every_steps: probe records every N steps (not at epoch ends), full-dev scores where a
+    probe beats the best so far; training itself (the step losses) is the same as without."""
+    phases = "train.phases=[{name: rr, tasks: [sst, para, sts], epochs: 2, lr: 2e-3, eval_every_steps: EVERY}]"
+    plain = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.predict_test=false", phases.replace(", eval_every_steps: EVERY", ""))
+    probed = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.predict_test=false", "train.eval_subset=10",
+                         phases.replace("EVERY", "2"))  # fmt: skip
+    train(plain, tmp_path / "plain", progress=False)
+    train(probed, tmp_path / "probed", progress=False)
+    assert (tmp_path / "plain" / "steps.jsonl").read_text() == (tmp_path / "probed" / "steps.jsonl").read_text()
+    epochs = [json.loads(line) for line in (tmp_path / "probed" / "epochs.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "probed" / "evals.jsonl").read_text().splitlines()]
+    ends = {e["step"] for e in epochs}
+    per_epoch = epochs[0]["step"]
+    assert [r["step"] for r in records] == [s for s in range(2, 2 * per_epoch, 2) if s not in ends]
+    assert all(set(r["probe"]) >= {"sst", "para", "sts", "overall"} for r in records)
+    # Full-dev scores exactly where a probe beat every earlier probe (the first always does).
+    running = [max(r["probe"]["overall"] for r in records[: i + 1]) for i in range(len(records))]
+    assert ["dev" in r for r in records] == [i == 0 or running[i] > running[i - 1] for i in range(len(records))]
+    assert records[0].get("best") is True
+    best_seen = max(r["dev"]["overall"] for r in [*records, *epochs] if "dev" in r)
+    kept = load_checkpoint(tmp_path / "probed" / "best.safetensors").dev["overall"]
+    assert kept == best_seen
+    assert kept >= load_checkpoint(tmp_path / "plain" / "best.safetensors").dev["overall"]
+
+
+def test_dev_probe_is_a_fixed_subset(tiny_checkpoint, small_data_dir, tmp_path):
+    from minbert.train import build_model, dev_probe, needed_splits, read_all
+
+    cfg = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.eval_subset=5")
+    raw = read_all(cfg, needed_splits(cfg))["dev"]
+    _, tokenizer = build_model(cfg)
+    a, b = dev_probe(raw, tokenizer, cfg), dev_probe(raw, tokenizer, cfg)
+    assert {t: len(d) for t, d in a.items()} == {"sst": 5, "para": 5, "sts": 5}
+    assert all(a[t].ids == b[t].ids and set(a[t].ids) <= {e.id for e in raw[t]} for t in a)
+    cfg.train.eval_subset = None
+    assert {t: len(d) for t, d in dev_probe(raw, tokenizer, cfg).items()} == {t: len(v) for t, v in raw.items()}
