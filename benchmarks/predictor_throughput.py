@@ -1,11 +1,14 @@
-"""Predictor throughput: PyTorch and ONNX Runtime, each in fp32 and int8, measured in the same run.
+"""Predictor throughput: PyTorch and ONNX Runtime, in fp32 and int8, measured in the same run.
 
 What: `Predictor.predict` end to end (tokenisation, length-sorted batches, the model, the
 results in input order) on the SST dev sentences (1,101, in sentences/s), the Quora dev pairs
-(5,000) and the STS dev pairs (863, in pairs/s), with four backends on the same model, threads
-and batch size: PyTorch fp32 (the baseline), PyTorch int8 (`--backend int8`: the encoder's
-linear layers dynamically quantised by torch.ao), ONNX fp32 (`minbert export --format onnx`)
-and ONNX int8 (those graphs dynamically quantised by onnxruntime.quantization, per channel).
+(5,000) and the STS dev pairs (863, in pairs/s), with five backends on the same model, threads
+and batch size: PyTorch fp32 (the baseline, `--backend torch`), PyTorch int8 (torch.ao dynamic
+quantisation of the encoder's linear layers, per channel: the other int8 route, for
+comparison), ONNX fp32 (`--backend onnx`: `minbert export --format onnx`'s graphs), ONNX int8
+unfused (those graphs given straight to onnxruntime's quantize_dynamic, per channel) and ONNX int8
+(`--backend int8`: the export's `{task}.int8.onnx`, ONNX Runtime's transformer fusions first,
+then the same quantisation).
 Model: --model-dir, a run directory, a checkpoint file or an export (its ONNX graphs are
 written to a temporary directory first where it has none); by default the embedded
 all-MiniLM-L6-v2 with freshly initialised heads under minbert/configs/main.yaml's model section
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -38,8 +42,8 @@ from minbert.config import load_config
 from minbert.configs import resolve_config
 from minbert.data import resolve_data_dir
 from minbert.inference.export import agreement, is_export, load_model, read_manifest, read_tokenizer, write_export
-from minbert.inference.onnx_graphs import OnnxBackend, graph_path
-from minbert.inference.predictor import Predictor, TorchBackend, allowed_cores, quantized, split_inputs
+from minbert.inference.onnx_graphs import OnnxBackend, graph_path, has_graphs, quantize_graphs
+from minbert.inference.predictor import Predictor, TorchBackend, allowed_cores, split_inputs
 from minbert.train import build_model, load_trained, set_seed
 
 UNITS = {"sst": "sentences/s", "para": "pairs/s", "sts": "pairs/s"}
@@ -94,14 +98,23 @@ def main() -> None:
             export_dir = Path(tmp)
             write_export(model, tokenizer, cfg, export_dir, "onnx")
             print(f"ONNX export: {time.perf_counter() - started:.1f} s")
-        int8_dir = Path(tmp) / "int8"
-        quantize_graphs(export_dir, int8_dir)
+        if not has_graphs(export_dir, "int8"):  # an export written before int8 graphs were
+            shutil.copytree(export_dir, Path(tmp) / "export")
+            export_dir = Path(tmp) / "export"
+            quantize_graphs(export_dir)
+        unfused_dir = Path(tmp) / "unfused"
+        quantize_unfused(export_dir, unfused_dir)
         cpu = torch.device("cpu")
+
+        def onnx(directory: Path, precision: str) -> Predictor:
+            return Predictor(OnnxBackend(directory, cfg.model, precision), tokenizer, cfg.model, batch)
+
         predictors = {
             "torch": Predictor(TorchBackend(model, cpu, "fp32"), tokenizer, cfg.model, batch),
-            "torch int8": Predictor(TorchBackend(quantized(model), cpu, "fp32"), tokenizer, cfg.model, batch),
-            "onnx": Predictor(OnnxBackend(export_dir, cfg.model), tokenizer, cfg.model, batch, backend_name="onnx"),
-            "onnx int8": Predictor(OnnxBackend(int8_dir, cfg.model), tokenizer, cfg.model, batch, backend_name="onnx"),
+            "torch.ao int8": Predictor(TorchBackend(torch_ao_int8(model), cpu, "fp32"), tokenizer, cfg.model, batch),
+            "onnx": onnx(export_dir, "fp32"),
+            "onnx int8 unfused": onnx(unfused_dir, "fp32"),
+            "onnx int8 (--backend int8)": onnx(export_dir, "int8"),
         }
         for predictor in predictors.values():  # untimed warm-up: one batch of each task
             for task, inputs in dev.items():
@@ -137,14 +150,29 @@ def main() -> None:
             print(f"  {name}: {json.dumps(dev_scores_of(results[name], labelled))}")
 
 
-def quantize_graphs(fp32_dir: Path, int8_dir: Path) -> None:
-    """Each task's ONNX graph with its MatMul weights dynamically quantised to int8, per channel
-    (onnxruntime.quantization.quantize_dynamic)."""
+def quantize_unfused(fp32_dir: Path, out_dir: Path) -> None:
+    """Each task's fp32 graph given straight to onnxruntime's quantize_dynamic (int8 weights per
+    channel), with no fusion first: what the int8 backend adds the fusions to. Written under the
+    fp32 names, so OnnxBackend reads it as precision "fp32"."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    int8_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for graph in sorted(fp32_dir.glob("*.onnx")):
-        quantize_dynamic(str(graph), str(int8_dir / graph.name), weight_type=QuantType.QInt8, per_channel=True)
+        if not graph.name.endswith(".int8.onnx"):
+            quantize_dynamic(str(graph), str(out_dir / graph.name), weight_type=QuantType.QInt8, per_channel=True)
+
+
+def torch_ao_int8(model):
+    """A copy of the model with the encoder's Linear layers dynamically quantised by torch.ao
+    (int8 weights, one scale per output channel); embeddings, LayerNorms and heads stay fp32."""
+    import copy
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    model = copy.deepcopy(model).cpu().eval()
+    model.bert.encoder = quantize_dynamic(model.bert.encoder, {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                          dtype=torch.qint8)  # fmt: skip
+    return model
 
 
 def dev_scores_of(results: dict[str, list], labelled: dict) -> dict[str, float]:

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p_eval = sub.add_parser("evaluate", help="dev scores of a saved checkpoint, and pictures of its dev outputs")
     p_eval.add_argument("--plots", help="where dev-outputs.json and the dev pictures go (default: the run directory)")
     p_eval.add_argument("--backend", choices=("torch", "int8"), default="torch",
-                        help="int8: the encoder's linear layers quantised to int8, on the CPU")
+                        help="int8: the model's int8 ONNX graphs in onnxruntime, on the CPU")
     p_pred = sub.add_parser("predict", help="ask a trained model: sentiment of texts, paraphrase or similarity")
     p_pred.add_argument("--task", required=True, help="sst, para, sts, or a task the run declared")
     p_pred.add_argument("texts", nargs="*", help="texts (sst), or the two sides of each pair in turn (para, sts)")
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     p_pred.add_argument("--output", help="the predictions of --input, written atomically (default: stdout)")
     p_pred.add_argument("--format", choices=OUTPUT_FORMATS, help="of --output (default: from its extension, else csv)")
     p_pred.add_argument("--backend", choices=BACKENDS, default="torch",
-                        help="onnx: an export's ONNX graphs; int8: the encoder quantised to int8, on the CPU")
+                        help="onnx: an export's ONNX graphs; int8: int8 ONNX graphs (an export's, or made "
+                        "at start), on the CPU")
     p_pred.add_argument("--batch-size", type=int, help="default: the run's eval_batch_size")
     p_files = sub.add_parser("predict-files", help="write the six dataset prediction files (dev and test)")
     p_files.add_argument("--out", required=True)
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                          help="address to listen on (default: 127.0.0.1, this machine only)")
     p_serve.add_argument("--port", type=int, default=8000, help="(default: 8000)")
     p_serve.add_argument("--backend", choices=BACKENDS, default="torch",
-                         help="onnx: an export's ONNX graphs; int8: the encoder quantised to int8, on the CPU")
+                         help="onnx: an export's ONNX graphs; int8: int8 ONNX graphs (an export's, or made "
+                        "at start), on the CPU")
     limits = Limits()
     p_serve.add_argument("--max-batch", type=int, default=limits.max_batch, help="inputs gathered from concurrent "
                          f"requests into one forward (default: {limits.max_batch}; 1: one request per forward)")

@@ -39,7 +39,11 @@ def predict_soft(model: MultitaskBert, task: str, data: EncodedTask, batch_size:
                  device: torch.device | str = "cpu", precision: str = "fp32") -> tuple[list, list]:  # fmt: skip
     """`predict`'s predictions and, from the same forward passes, what each was read from
     (`TaskSpec.soft_predict`): class probabilities, P(positive), or the score."""
-    outputs = model_outputs(model, task, data, batch_size, None, device, precision)
+    return hard_and_soft(task, model_outputs(model, task, data, batch_size, None, device, precision))
+
+
+def hard_and_soft(task: str, outputs: torch.Tensor) -> tuple[list, list]:
+    """A task's predictions from its head's raw outputs, and what each was read from."""
     spec = TASKS[task]
     return spec.predict(outputs).float().tolist(), spec.soft_predict(outputs).tolist()
 

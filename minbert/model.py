@@ -11,6 +11,7 @@ exist to carry one.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_type_hints
@@ -152,13 +153,15 @@ class SelfAttention(nn.Module):
             return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, T, d)
 
         q, k, v = split_heads(self.query(x)), split_heads(self.key(x)), split_heads(self.value(x))
-        # attn_mask: (B, 1, 1, T) boolean, True where a key may be attended to.
-        if self.training and self.dropout_p > 0 and x.device.type == "cpu":
-            # SDPA's CPU path with dropout is this computation with a slower mask (see `dropout`).
-            scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # (B, heads, T, T)
+        # attn_mask: (B, 1, 1, T), boolean (True where a key may be attended to) or additive.
+        if torch.onnx.is_in_onnx_export() or (self.training and self.dropout_p > 0 and x.device.type == "cpu"):
+            # Written out for export (SDPA's exported form ran slower in onnxruntime, int8 above
+            # all: docs/RESULTS.md), and for CPU training, where SDPA with dropout computes the
+            # same with a slower dropout mask (see `dropout`).
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, heads, T, T)
             if attn_mask is not None:
-                scores = scores.masked_fill(~attn_mask, float("-inf"))
-            y = dropout(scores.softmax(dim=-1), self.dropout_p, training=True) @ v
+                scores = scores + attn_mask if attn_mask.is_floating_point() else scores.masked_fill(~attn_mask, -math.inf)
+            y = dropout(scores.softmax(dim=-1), self.dropout_p, self.training) @ v
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, dropout_p=self.dropout_p if self.training else 0.0
@@ -248,10 +251,13 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         # A (B, 1, 1, T) boolean mask broadcasts over heads and query positions. A batch
-        # without padding needs none, which lets SDPA pick its fastest kernel; an exported
-        # ONNX graph always applies it, since it must serve padded batches too.
+        # without padding needs none, which lets SDPA pick its fastest kernel. An exported ONNX
+        # graph always applies it, since it must serve padded batches too, in BERT's additive
+        # form (0 to attend, the float minimum at padding, added to the attention scores).
         attn_mask = None
-        if attention_mask is not None and (torch.onnx.is_in_onnx_export() or not bool(attention_mask.all())):
+        if attention_mask is not None and torch.onnx.is_in_onnx_export():
+            attn_mask = (1.0 - attention_mask.unsqueeze(1).unsqueeze(2).float()) * torch.finfo(torch.float32).min
+        elif attention_mask is not None and not bool(attention_mask.all()):
             attn_mask = attention_mask.bool()[:, None, None, :]
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         x = self.encoder(x, attn_mask)  # (B, T, H)

@@ -381,8 +381,10 @@ def _train(cfg, out_dir: Path, resume, stop_after_epochs, progress, device, init
             record = {"phase": phase.name, "phase_index": phase_idx, "epoch": epoch + 1, "step": state.step,
                       "train_loss": losses, "elapsed_s": run.elapsed()}  # fmt: skip
             if cfg.train.eval_every_epoch or (phase_idx == len(cfg.train.phases) - 1 and epoch == phase.epochs - 1):
+                started = time.time()
                 record["dev"] = evaluate_dev(model, data["dev"], cfg, device, run.features)
                 _keep_if_best(run, record)
+                record["eval_s"] = round(time.time() - started, 1)
             state.history.append(record)
             if run.main:
                 with (out_dir / "epochs.jsonl").open("a") as f:
@@ -452,11 +454,14 @@ def _probe(run: Run, phase: PhaseConfig) -> None:
     costs few full evaluations). Logged to evals.jsonl; the model is back in training mode after."""
     state, cfg = run.progress, run.cfg
     record = {"phase": phase.name, "phase_index": state.phase, "epoch": state.epoch + 1, "step": state.step,
-              "elapsed_s": run.elapsed(), "probe": evaluate_dev(run.model, run.probe, cfg, run.device)}  # fmt: skip
+              "elapsed_s": run.elapsed()}  # fmt: skip
+    started = time.time()
+    record["probe"] = evaluate_dev(run.model, run.probe, cfg, run.device)
     if state.best_probe is None or record["probe"]["overall"] > state.best_probe:
         state.best_probe = record["probe"]["overall"]
         record["dev"] = evaluate_dev(run.model, run.data["dev"], cfg, run.device)
         _keep_if_best(run, record)
+    record["eval_s"] = round(time.time() - started, 1)  # the probe and any full-dev scoring
     run.model.train()
     if run.main:
         with (run.out_dir / "evals.jsonl").open("a") as f:

@@ -88,6 +88,7 @@ def test_onnx_graphs_agree_with_pytorch(runs, small_data_dir, tmp_path):
         report = export_checkpoint(run, out, "onnx")  # checked on the dev files before it is put in place
         assert report["agree"] and report["examples"] == {"sst": 48, "para": 48, "sts": 48}, report
         assert {"sst.onnx", "para.onnx", "sts.onnx", MANIFEST, "vocab.txt"} <= {p.name for p in out.iterdir()}
+        assert report["int8"]["examples"] == report["examples"]  # the int8 graphs, compared (not required to agree)
         onnx, torch_ = Predictor.load(out, backend="onnx", batch_size=5), Predictor.load(run)
         for task, inputs in split_inputs(small_data_dir, "dev").items():  # batches of 5: many batch sizes and lengths
             a, b = onnx.predict(task, inputs).results, torch_.predict(task, inputs).results
@@ -121,3 +122,25 @@ def test_export_never_overwrites_a_foreign_directory(runs, tmp_path, capsys):
     assert cli_main(["export", "--checkpoint", str(runs["cross"]), "--out", str(out)]) == 2
     assert "not a minbert export" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_int8_graphs_hold_int8_weights(runs, small_data_dir, tmp_path):
+    """The export's {task}.int8.onnx: every weighted matrix product (attention projections and
+    output, feed-forward, heads) an int8 one, with int8 weights; Predictor.load(DIR,
+    backend="int8") runs them, close to the fp32 model."""
+    onnx = pytest.importorskip("onnx")
+    out = tmp_path / "cross"
+    export_checkpoint(runs["cross"], out, "onnx", check_limit=8)
+    layers = json.loads((out / MANIFEST).read_text())["bert_config"]["num_hidden_layers"]
+    for task in ("sst", "para", "sts"):
+        fp32, int8 = (onnx.load(str(out / name)).graph for name in (f"{task}.onnx", f"{task}.int8.onnx"))
+        weights = {t.name for t in fp32.initializer}
+        weighted = [n for n in fp32.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights]
+        ops = [node.op_type for node in int8.node]
+        assert len(weighted) >= 6 * layers and ops.count("MatMulInteger") == len(weighted), ops
+        assert sum(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2 for t in int8.initializer) == len(weighted)
+    int8, fp32 = Predictor.load(out, backend="int8"), Predictor.load(runs["cross"])
+    assert int8.backend.precision == "int8"
+    inputs = split_inputs(small_data_dir, "dev")["sts"]
+    a, b = int8.predict("sts", inputs).results, fp32.predict("sts", inputs).results
+    assert max(abs(x - y) for x, y in zip(a, b)) <= 0.05 * 5  # a few percent of the 0-5 scale

@@ -5,7 +5,8 @@ fine-tuned encoder; our parameter names are BertModel's), `vocab.txt`, `tokenize
 `tokenizer_config.json` and `special_tokens_map.json`, so `transformers.BertModel.from_pretrained(DIR)`
 loads it. For a mean-pooled model it adds the sentence-transformers module files (`modules.json`,
 `sentence_bert_config.json`, `1_Pooling/config.json`), so `SentenceTransformer(DIR).encode`
-gives our sentence vectors. `--format onnx` writes one ONNX graph per task (see onnx_graphs).
+gives our sentence vectors. `--format onnx` writes one ONNX graph per task, and its int8
+version for the int8 backend (see onnx_graphs).
 
 Both also write what minbert needs beside them: `minbert_heads.safetensors` (the task heads;
 hf only) and `minbert_config.json` (the run config, the BERT config, the paraphrase threshold,
@@ -168,22 +169,22 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, fmt: str, ove
 def check_onnx(model: MultitaskBert, tokenizer: WordPieceTokenizer, cfg: RunConfig, directory: Path,
                limit: int | None = None, sts_tolerance: float = 1e-4) -> dict:  # fmt: skip
     """onnxruntime on the graphs in `directory` against PyTorch, on the dev files of cfg's data
-    directory: the same SST labels and paraphrase decisions, STS scores within `sts_tolerance`."""
+    directory: the same SST labels and paraphrase decisions, STS scores within `sts_tolerance`.
+    The int8 graphs, where written, are compared too, under "int8": how many labels and decisions
+    int8 rounding moved, which the fp32 graphs' agreement does not depend on."""
     from minbert.data import resolve_data_dir
-    from minbert.inference.onnx_graphs import OnnxBackend
+    from minbert.inference.onnx_graphs import OnnxBackend, has_graphs
     from minbert.inference.predictor import Predictor, TorchBackend, split_inputs
 
     dev = split_inputs(resolve_data_dir(cfg.data.dir), "dev", limit)
     batch = cfg.train.eval_batch_size
     ours = Predictor(TorchBackend(model, torch.device("cpu"), "fp32"), tokenizer, cfg.model, batch)
-    theirs = Predictor(OnnxBackend(directory, cfg.model), tokenizer, cfg.model, batch, backend_name="onnx")
-    return compare(ours, theirs, dev, sts_tolerance)
-
-
-def compare(a, b, dev: dict[str, list], sts_tolerance: float = 1e-4) -> dict:
-    """Two Predictors on the same inputs (see `agreement`)."""
-    return agreement({t: a.predict(t, x).results for t, x in dev.items()},
-                     {t: b.predict(t, x).results for t, x in dev.items()}, sts_tolerance)  # fmt: skip
+    results = {t: ours.predict(t, x).results for t, x in dev.items()}
+    report = {}
+    for precision in ("fp32", "int8") if has_graphs(directory, "int8") else ("fp32",):
+        theirs = Predictor(OnnxBackend(directory, cfg.model, precision), tokenizer, cfg.model, batch)
+        report[precision] = agreement(results, {t: theirs.predict(t, x).results for t, x in dev.items()}, sts_tolerance)
+    return report.pop("fp32") | report
 
 
 def agreement(a: dict[str, list], b: dict[str, list], sts_tolerance: float = 1e-4) -> dict:

@@ -10,7 +10,9 @@ Each graph is the encoder, the pooling and the task's head as one function of to
 | para / sts, siamese | input_ids_a, attention_mask_a, input_ids_b, attention_mask_b | logit (B,) / score (B,) |
 
 They are written by torch's TorchScript-based exporter (`dynamo=False`), which needs nothing
-beyond torch and onnx. onnxruntime and onnx are the optional extra `minbert[onnx]`.
+beyond torch and onnx. Beside each one, `{task}.int8.onnx` is the int8 graph of the `int8`
+backend (`quantize_graphs`: dynamic int8 quantisation of the matrix products). onnxruntime and
+onnx are the optional extra `minbert[onnx]`.
 """
 
 from __future__ import annotations
@@ -46,8 +48,11 @@ def graph_kind(task: str, pair_encoding: str) -> str:
     return "siamese" if pair_encoding == "siamese" else "cross"
 
 
-def graph_path(directory: Path, task: str) -> Path:
-    return Path(directory) / f"{task}.onnx"
+PRECISIONS = ("fp32", "int8")
+
+
+def graph_path(directory: Path, task: str, precision: str = "fp32") -> Path:
+    return Path(directory) / (f"{task}.onnx" if precision == "fp32" else f"{task}.{precision}.onnx")
 
 
 class TaskGraph(nn.Module):
@@ -80,8 +85,9 @@ def _example_inputs(kind: str, tokenizer: WordPieceTokenizer) -> tuple[torch.Ten
     return (ids, mask) * (2 if kind == "siamese" else 1)
 
 
-def export_graphs(model: MultitaskBert, tokenizer: WordPieceTokenizer, directory: Path) -> list[Path]:
-    """Write `{task}.onnx` for the three tasks into `directory` (the model is put in eval mode)."""
+def export_graphs(model: MultitaskBert, tokenizer: WordPieceTokenizer, directory: Path, int8: bool = True) -> list[Path]:
+    """Write `{task}.onnx` for the three tasks into `directory` (the model is put in eval mode),
+    and their int8 versions `{task}.int8.onnx` (`quantize_graphs`) unless int8=False."""
     _require("onnx", "the ONNX export")
     model = model.to("cpu").eval()
     paths = []
@@ -97,6 +103,24 @@ def export_graphs(model: MultitaskBert, tokenizer: WordPieceTokenizer, directory
                               input_names=list(inputs), output_names=[OUTPUTS[task]], dynamic_axes=axes,
                               opset_version=OPSET, dynamo=False)  # fmt: skip
         paths.append(graph_path(directory, task))
+    if int8:
+        paths += quantize_graphs(directory)
+    return paths
+
+
+def quantize_graphs(directory: Path) -> list[Path]:
+    """`{task}.int8.onnx` from each `{task}.onnx` in `directory`, by onnxruntime's
+    `quantize_dynamic`: the weights of every matrix product with a weight (attention projections,
+    feed-forward, heads) stored as int8, one scale per output channel; their inputs quantised to
+    8 bits batch by batch at run time. Embeddings, LayerNorms, softmax, GELU and the attention
+    products themselves stay fp32. (Fusing attention, LayerNorm and GELU first with onnxruntime's
+    transformer optimizer measured slower here: docs/RESULTS.md.)"""
+    _require("onnxruntime", "int8 graphs")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    paths = [graph_path(directory, task, "int8") for task in TASKS]
+    for task, path in zip(TASKS, paths):
+        quantize_dynamic(str(graph_path(directory, task)), str(path), weight_type=QuantType.QInt8, per_channel=True)
     return paths
 
 
@@ -109,15 +133,21 @@ def _require(module: str, what: str):
         raise MissingDependency(f"{what} needs {module}: pip install 'minbert[onnx]'") from None
 
 
-class OnnxBackend:
-    """Runs an export's `{task}.onnx` graphs with onnxruntime on the CPU, with as many threads
-    as torch uses. A graph is loaded the first time its task is asked for."""
+def has_graphs(directory: Path, precision: str = "fp32") -> bool:
+    return all(graph_path(directory, t, precision).is_file() for t in TASKS)
 
-    def __init__(self, directory: Path, model_cfg: ModelConfig):
-        self.ort = _require("onnxruntime", "the onnx backend")
-        self.directory, self.model_cfg = Path(directory), model_cfg
+
+class OnnxBackend:
+    """Runs an export's `{task}.onnx` graphs (precision "int8": `{task}.int8.onnx`) with
+    onnxruntime on the CPU, with as many threads as torch uses. A graph is loaded the first time
+    its task is asked for (`load_all`: now)."""
+
+    def __init__(self, directory: Path, model_cfg: ModelConfig, precision: str = "fp32"):
+        self.ort = _require("onnxruntime", f"the {'onnx' if precision == 'fp32' else precision} backend")
+        self.directory, self.model_cfg, self.precision = Path(directory), model_cfg, precision
         self.sessions: dict = {}
-        missing = [graph_path(self.directory, t).name for t in TASKS if not graph_path(self.directory, t).is_file()]
+        missing = [graph_path(self.directory, t, precision).name for t in TASKS
+                   if not graph_path(self.directory, t, precision).is_file()]  # fmt: skip
         if missing:
             raise FileNotFoundError(f"{self.directory}: no {', '.join(missing)}; "
                                     "write them with `minbert export --format onnx`")  # fmt: skip
@@ -127,9 +157,15 @@ class OnnxBackend:
             options = self.ort.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()
             options.log_severity_level = 3  # errors only
-            self.sessions[task] = self.ort.InferenceSession(str(graph_path(self.directory, task)), options,
-                                                            providers=["CPUExecutionProvider"])  # fmt: skip
+            self.sessions[task] = self.ort.InferenceSession(str(graph_path(self.directory, task, self.precision)),
+                                                            options, providers=["CPUExecutionProvider"])  # fmt: skip
         return self.sessions[task]
+
+    def load_all(self) -> "OnnxBackend":
+        """Every task's session now (after which the graph files may go)."""
+        for task in TASKS:
+            self.session(task)
+        return self
 
     def __call__(self, task: str, data: EncodedTask, indices: list[int]) -> torch.Tensor:
         kind = graph_kind(task, self.model_cfg.pair_encoding)

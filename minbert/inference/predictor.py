@@ -18,7 +18,6 @@ from its longer side first); `predict` says which inputs were cut.
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,8 @@ from minbert.multitask import EncodedTask, MultitaskBert
 from minbert.tasks import PARAPHRASE_THRESHOLD, SEED_TASKS, TASKS, probability_logit
 from minbert.tokenizer import WordPieceTokenizer
 
+# torch: the PyTorch model. onnx: an export's ONNX graphs in onnxruntime. int8: ONNX graphs with
+# int8 matrix products in onnxruntime, on the CPU (see onnx_graphs.quantize_graphs).
 BACKENDS = ("torch", "onnx", "int8")
 
 
@@ -80,26 +81,27 @@ class TorchBackend:
             return self.model.predict_batch(task, data, indices, self.device)
 
 
-def quantized(model: MultitaskBert) -> MultitaskBert:
-    """A copy of `model` for int8 prediction on the CPU: the encoder's Linear layers (attention
-    projections, feed-forward) dynamically quantised (torch.ao `quantize_dynamic`: int8 weights,
-    one scale per output channel; activations quantised batch by batch at run time); the
-    embeddings, LayerNorms and task heads stay fp32."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+def int8_backend(source: MultitaskBert | Path, tokenizer: WordPieceTokenizer, cfg: RunConfig) -> Backend:
+    """The int8 backend where no int8 graphs are written yet: the ONNX graphs of `source` (a model,
+    exported now, or a directory holding an export's fp32 graphs) made int8 by
+    `onnx_graphs.quantize_graphs` in a temporary directory, loaded into onnxruntime, and the
+    files removed. Takes some seconds per task; `minbert export --format onnx` writes them once."""
+    import shutil
+    import tempfile
 
-    model = copy.deepcopy(model).cpu().eval()
-    model.bert.encoder = quantize_dynamic(model.bert.encoder, {torch.nn.Linear: per_channel_dynamic_qconfig},
-                                          dtype=torch.qint8)  # fmt: skip
-    return model
+    from minbert.inference.onnx_graphs import OnnxBackend, export_graphs, graph_path, quantize_graphs
 
-
-def torch_backend(model: MultitaskBert, device: torch.device, precision: str, backend: str = "torch") -> TorchBackend:
-    """The PyTorch backend: the model as it is, or (backend "int8") its int8 copy on the CPU."""
-    if backend != "int8":
-        return TorchBackend(model, device, precision)
-    if device.type != "cpu":
-        raise ValueError(f"the int8 backend runs on the CPU, not {device.type}")
-    return TorchBackend(quantized(model), device, "fp32")
+    directory = Path(tempfile.mkdtemp(prefix="minbert-int8-"))
+    try:
+        if isinstance(source, MultitaskBert):
+            export_graphs(source, tokenizer, directory, int8=False)
+        else:
+            for task in TASKS:
+                shutil.copyfile(graph_path(source, task), graph_path(directory, task))
+        quantize_graphs(directory)
+        return OnnxBackend(directory, cfg.model, "int8").load_all()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def allowed_cores() -> int:
@@ -132,15 +134,18 @@ class Predictor:
         """From a run directory (its best.safetensors), a checkpoint file, a directory written by
         `minbert export` (backend "torch" reads its safetensors, "onnx" its ONNX graphs through
         onnxruntime), or one written by `minbert ensemble` (torch only: every member runs on
-        each batch, see minbert.ensemble). Backend "int8" runs a run's or an export's PyTorch
-        model with its encoder quantised to int8 (`quantized`), on the CPU. `overrides` are dotted config keys for a run (e.g.
+        each batch, see minbert.ensemble). Backend "int8" runs int8 ONNX graphs in onnxruntime
+        on the CPU: an export's `{task}.int8.onnx`, else made from the model when loading
+        (`int8_backend`). `overrides` are dotted config keys for a run (e.g.
         `model.checkpoint=DIR` where its base checkpoint, whose vocab.txt it uses, has moved)."""
         from minbert import ensemble
         from minbert.inference import export
 
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
-        device = torch.device(device) if device else torch.device("cpu") if backend == "int8" else distributed.default_device()
+        if backend in ("onnx", "int8") and device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"the {backend} backend runs on the CPU (onnxruntime), not {torch.device(device).type}")
+        device = torch.device(device) if device else distributed.default_device()
         path = Path(path)
         if ensemble.is_ensemble(path):
             if backend != "torch":
@@ -150,12 +155,15 @@ class Predictor:
         elif export.is_export(path):
             manifest = export.read_manifest(path)
             cfg, threshold, tokenizer, dev = manifest.cfg, manifest.threshold, export.read_tokenizer(path), manifest.dev
-            if backend == "onnx":
-                from minbert.inference.onnx_graphs import OnnxBackend
+            from minbert.inference.onnx_graphs import OnnxBackend, has_graphs
 
-                run: Backend = OnnxBackend(path, cfg.model)
+            if backend == "onnx" or (backend == "int8" and has_graphs(path, "int8")):
+                run: Backend = OnnxBackend(path, cfg.model, "int8" if backend == "int8" else "fp32")
+            elif backend == "int8":  # an export written without int8 graphs: made now
+                source = path if has_graphs(path) else export.load_model(path, manifest)
+                run = int8_backend(source, tokenizer, cfg)
             else:
-                run = torch_backend(export.load_model(path, manifest), device, cfg.train.precision, backend)
+                run = TorchBackend(export.load_model(path, manifest), device, cfg.train.precision)
         else:
             if backend == "onnx":
                 raise ValueError(f"{path}: the onnx backend reads a directory written by "
@@ -165,7 +173,9 @@ class Predictor:
 
             ckpt = load_checkpoint(path)
             model, tokenizer, cfg = build_trained(ckpt, list(overrides), path)
-            threshold, run, dev = PARAPHRASE_THRESHOLD, torch_backend(model, device, cfg.train.precision, backend), ckpt.dev
+            run = (int8_backend(model, tokenizer, cfg) if backend == "int8"
+                   else TorchBackend(model, device, cfg.train.precision))  # fmt: skip
+            threshold, dev = PARAPHRASE_THRESHOLD, ckpt.dev
         batch_size = batch_size or cfg.train.eval_batch_size
         predictor = cls(run, tokenizer, cfg.model, batch_size, threshold, str(path), backend)
         predictor.run_config, predictor.dev_scores = cfg, dev

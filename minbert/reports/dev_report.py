@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from minbert import distributed
-from minbert.evaluation import dev_scores, predict_soft
+from minbert.evaluation import dev_scores, hard_and_soft, head_outputs, model_outputs
 from minbert.reports.plots import DEV_OUTPUTS, draw_evaluation, draw_or_explain, write_dev_outputs
 from minbert.train import encode_all, load_trained, needed_splits, read_all
 
@@ -27,17 +27,21 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides=(), plots_dir: str | P
                         backend: str = "torch") -> dict:  # fmt: skip
     """Dev scores of a model saved by `train`; writes dev-outputs.json and the three dev
     pictures into plots_dir (default: the checkpoint's run directory). `backend` "int8": the
-    model with its encoder quantised to int8 (minbert.inference.predictor.quantized), on the CPU."""
-    device = torch.device(device) if device else torch.device("cpu") if backend == "int8" else distributed.default_device()
+    model's int8 ONNX graphs in onnxruntime, on the CPU (minbert.inference.predictor.int8_backend)."""
+    device = torch.device(device) if device else distributed.default_device()
     model, tokenizer, cfg = load_trained(checkpoint, list(overrides))
-    if backend == "int8":
-        from minbert.inference.predictor import quantized
-
-        model = quantized(model)
     dev = encode_all(read_all(cfg, needed_splits(cfg, train=False, test=False)), tokenizer, cfg)["dev"]
-    model.to(device)
-    outputs = {task: predict_soft(model, task, dev[task], cfg.train.eval_batch_size, device, cfg.train.precision)
-               for task in dev}  # fmt: skip
+    batch = cfg.train.eval_batch_size
+    if backend == "int8":
+        from minbert.inference.predictor import int8_backend
+
+        run = int8_backend(model, tokenizer, cfg)
+        outputs = {task: hard_and_soft(task, head_outputs(lambda idx, t=task: run(t, dev[t], idx), task, dev[task], batch))
+                   for task in dev}  # fmt: skip
+    else:
+        model.to(device)
+        outputs = {task: hard_and_soft(task, model_outputs(model, task, dev[task], batch, None, device, cfg.train.precision))
+                   for task in dev}  # fmt: skip
     scores = dev_scores({task: hard for task, (hard, _) in outputs.items()}, dev)
     plots_dir = Path(plots_dir) if plots_dir else run_directory(checkpoint)
     plots_dir.mkdir(parents=True, exist_ok=True)

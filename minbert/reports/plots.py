@@ -137,18 +137,20 @@ class Curves:
     window: int  # of the rolling mean, in batches of one task
     epochs: list[dict]  # the epochs.jsonl records, in step order
     phases: list[Phase] = field(default_factory=list)
+    probes: list[dict] = field(default_factory=list)  # the evals.jsonl records (in-epoch dev probes), in step order
 
     @property
     def best(self) -> dict | None:
-        """The epoch whose weights are best.safetensors: the last one marked best."""
-        marked = [r for r in self.epochs if r.get("best")]
+        """The evaluation whose weights are best.safetensors: the last one marked best (an
+        epoch's end, or an in-epoch probe scored on the full dev sets)."""
+        marked = sorted((r for r in [*self.epochs, *self.probes] if r.get("best")), key=lambda r: r["step"])
         return marked[-1] if marked else None
 
 
 def curve_data(run_dir: str | Path) -> Curves:
-    """The numbers behind curves.png, from steps.jsonl and epochs.jsonl. A step or epoch
-    logged twice (by a run stopped and resumed before its logs were cut back) counts once, the
-    later line."""
+    """The numbers behind curves.png, from steps.jsonl, epochs.jsonl and evals.jsonl. A step or
+    epoch logged twice (by a run stopped and resumed before its logs were cut back) counts once,
+    the later line."""
     run_dir = Path(run_dir)
     if not (run_dir / "steps.jsonl").exists() and not (run_dir / "epochs.jsonl").exists():
         raise FileNotFoundError(f"{run_dir}: no steps.jsonl or epochs.jsonl (not a minbert run directory)")
@@ -171,14 +173,16 @@ def curve_data(run_dir: str | Path) -> Curves:
         phase = np.searchsorted(ends, x, side="left")  # the first phase that ends at or after the step
         smoothed = np.concatenate([rolling_mean(y[phase == i], window) for i in np.unique(phase)])
         losses[task] = TaskLoss(x, y, phase, smoothed)
-    return Curves(losses, window, epochs, phases)
+    probes = sorted({r["step"]: r for r in read_jsonl(run_dir / "evals.jsonl")}.values(), key=lambda r: r["step"])
+    return Curves(losses, window, epochs, phases, probes)
 
 
 def draw_curves(run_dir: str | Path, path: str | Path | None = None) -> Path:
     """curves.png (default: in the run directory): left, the training loss per task against the
     optimizer step (each batch faint, a rolling mean bold; log scale, as the tasks' losses differ
-    tenfold); right, the dev scores at each epoch's end against the same steps, the best epoch
-    marked. Phases are shaded in turn and named in both panels."""
+    tenfold); right, the dev scores at each epoch's end against the same steps, the overall of
+    any in-epoch probes (hollow), the kept checkpoint marked. Phases are shaded in turn and named
+    in both panels."""
     run_dir = Path(run_dir)
     c = curve_data(run_dir)
     with styled_pyplot() as plt:
@@ -206,9 +210,12 @@ def draw_curves(run_dir: str | Path, path: str | Path | None = None) -> Path:
             big = key == "overall"
             ax_dev.plot(xs, [r["dev"][key] for r in dev], marker=marker, ms=9 if big else 6, color=color, label=label,
                         lw=3 if big else 1.8)  # fmt: skip
+        if c.probes:
+            ax_dev.plot([r["step"] for r in c.probes], [r["probe"]["overall"] for r in c.probes], ls="none",
+                        marker="D", ms=5, mfc="none", color="black", label="overall, in-epoch dev probe")  # fmt: skip
         if c.best is not None and c.best.get("dev"):  # a line, not a marker: it hides no point
             ax_dev.axvline(c.best["step"], color="goldenrod", ls=":", lw=2.5, zorder=1,
-                           label=f"best epoch ({c.best['dev']['overall']:.3f})")  # fmt: skip
+                           label=f"kept checkpoint ({c.best['dev']['overall']:.3f})")  # fmt: skip
         if not dev:
             ax_dev.text(0.5, 0.5, "no dev evaluation logged yet", transform=ax_dev.transAxes, ha="center")
         low = min([0.0] + [r["dev"][k] for r in dev for k, *_ in DEV_LINES])
