@@ -2,13 +2,12 @@
 
 What: `Predictor.predict` end to end (tokenisation, length-sorted batches, the model, the
 results in input order) on the SST dev sentences (1,101, in sentences/s), the Quora dev pairs
-(5,000) and the STS dev pairs (863, in pairs/s), with five backends on the same model, threads
-and batch size: PyTorch fp32 (the baseline, `--backend torch`), PyTorch int8 (torch.ao dynamic
-quantisation of the encoder's linear layers, per channel: the other int8 route, for
-comparison), ONNX fp32 (`--backend onnx`: `minbert export --format onnx`'s graphs), ONNX int8
-unfused (those graphs given straight to onnxruntime's quantize_dynamic, per channel) and ONNX int8
-(`--backend int8`: the export's `{task}.int8.onnx`, ONNX Runtime's transformer fusions first,
-then the same quantisation).
+(5,000) and the STS dev pairs (863, in pairs/s), on the same model and threads: PyTorch fp32 at
+the run's eval_batch_size (128; the baseline: `--backend torch` as it is), PyTorch fp32 at the int8
+backend's batch size (32), PyTorch int8 (torch.ao dynamic quantisation of the encoder's linear
+layers, per channel: the other int8 route, for comparison), ONNX fp32 (`--backend onnx`: `minbert
+export --format onnx`'s graphs) and ONNX int8 (`--backend int8`: the export's `{task}.int8.onnx`,
+at its default batch of 32). --batch-size N sets one batch size for all.
 Model: --model-dir, a run directory, a checkpoint file or an export (its ONNX graphs are
 written to a temporary directory first where it has none); by default the embedded
 all-MiniLM-L6-v2 with freshly initialised heads under minbert/configs/main.yaml's model section
@@ -43,7 +42,7 @@ from minbert.configs import resolve_config
 from minbert.data import resolve_data_dir
 from minbert.inference.export import agreement, is_export, load_model, read_manifest, read_tokenizer, write_export
 from minbert.inference.onnx_graphs import OnnxBackend, graph_path, has_graphs, quantize_graphs
-from minbert.inference.predictor import Predictor, TorchBackend, allowed_cores, split_inputs
+from minbert.inference.predictor import INT8_BATCH, Predictor, TorchBackend, allowed_cores, split_inputs
 from minbert.train import build_model, load_trained, set_seed
 
 UNITS = {"sst": "sentences/s", "para": "pairs/s", "sts": "pairs/s"}
@@ -76,7 +75,8 @@ def main() -> None:
     parser.add_argument("--model-dir", help="run directory, checkpoint or export (default: MiniLM, fresh heads)")
     parser.add_argument("--data-dir", help="data directory (default: ../shared/data, found)")
     parser.add_argument("--threads", type=int, default=allowed_cores(), help="default: the cores this process may use")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the run's eval_batch_size (128)")
+    parser.add_argument("--batch-size", type=int, default=None, help="one batch size for every row (default: "
+                        "the run's eval_batch_size, 128, and the int8 backend's 32)")
     parser.add_argument("--limit", type=int, default=None, help="at most N inputs per dev set")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
@@ -102,19 +102,18 @@ def main() -> None:
             shutil.copytree(export_dir, Path(tmp) / "export")
             export_dir = Path(tmp) / "export"
             quantize_graphs(export_dir)
-        unfused_dir = Path(tmp) / "unfused"
-        quantize_unfused(export_dir, unfused_dir)
         cpu = torch.device("cpu")
+        small = args.batch_size or INT8_BATCH
 
-        def onnx(directory: Path, precision: str) -> Predictor:
-            return Predictor(OnnxBackend(directory, cfg.model, precision), tokenizer, cfg.model, batch)
+        def onnx(directory: Path, precision: str, size: int) -> Predictor:
+            return Predictor(OnnxBackend(directory, cfg.model, precision), tokenizer, cfg.model, size)
 
         predictors = {
             "torch": Predictor(TorchBackend(model, cpu, "fp32"), tokenizer, cfg.model, batch),
-            "torch.ao int8": Predictor(TorchBackend(torch_ao_int8(model), cpu, "fp32"), tokenizer, cfg.model, batch),
-            "onnx": onnx(export_dir, "fp32"),
-            "onnx int8 unfused": onnx(unfused_dir, "fp32"),
-            "onnx int8 (--backend int8)": onnx(export_dir, "int8"),
+            f"torch, batch {small}": Predictor(TorchBackend(model, cpu, "fp32"), tokenizer, cfg.model, small),
+            "torch.ao int8": Predictor(TorchBackend(torch_ao_int8(model), cpu, "fp32"), tokenizer, cfg.model, small),
+            "onnx": onnx(export_dir, "fp32", batch),
+            "onnx int8 (--backend int8)": onnx(export_dir, "int8", small),
         }
         for predictor in predictors.values():  # untimed warm-up: one batch of each task
             for task, inputs in dev.items():
@@ -130,7 +129,7 @@ def main() -> None:
 
     print(f"model: {described}; {cfg.model.pair_encoding} pairs, {cfg.model.pooling} pooling, "
           f"max_length {cfg.model.max_length}")  # fmt: skip
-    print(f"CPU: {os.cpu_count()} cores seen, {allowed_cores()} allowed, {args.threads} threads (torch {torch.__version__}); batch {batch}; "
+    print(f"CPU: {os.cpu_count()} cores seen, {allowed_cores()} allowed, {args.threads} threads (torch {torch.__version__}); batch {batch} / {small}; "
           f"best of {args.repeats}; 1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
           "(above the thread count, other processes shared the CPU)")  # fmt: skip
     print(f"check, ONNX fp32 vs PyTorch fp32: {check}")
@@ -148,18 +147,6 @@ def main() -> None:
         print("dev scores (the whole dev sets were predicted):")
         for name in predictors:
             print(f"  {name}: {json.dumps(dev_scores_of(results[name], labelled))}")
-
-
-def quantize_unfused(fp32_dir: Path, out_dir: Path) -> None:
-    """Each task's fp32 graph given straight to onnxruntime's quantize_dynamic (int8 weights per
-    channel), with no fusion first: what the int8 backend adds the fusions to. Written under the
-    fp32 names, so OnnxBackend reads it as precision "fp32"."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for graph in sorted(fp32_dir.glob("*.onnx")):
-        if not graph.name.endswith(".int8.onnx"):
-            quantize_dynamic(str(graph), str(out_dir / graph.name), weight_type=QuantType.QInt8, per_channel=True)
 
 
 def torch_ao_int8(model):

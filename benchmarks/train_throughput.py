@@ -3,7 +3,8 @@
 What: fine-tuning steps over the real task mix (round-robin sst, para, sts over the three
 shared training sets), batch size 32, for
 - minbert, on its own training path: `build_model` from minbert/configs/main.yaml, data tokenised once
-  up front by `encode_all`, length-bucketed batches from `TaskStream`, both sides of a pair in
+  up front by `encode_all`, length-bucketed batches from `TaskStream` (main.yaml's
+  train.bucket_batches), both sides of a pair in
   one encoder forward, `make_optimizer(..., fused=True)`, `task_loss`; main.yaml's model section
   is set to the reference's model (pooler output, siamese pairs, the seed report's heads), so
   both sides compute the same function (--as-configured keeps main.yaml's own model);
@@ -81,7 +82,8 @@ class Minbert(Side):
         self.batch_size, self.seed, self.train_cfg = args.batch_size, cfg.train.seed, cfg.train
 
     def step(self, task: str):
-        indices = self.streams[task].next_indices(self.data[task], self.batch_size, self.seed)
+        indices = self.streams[task].next_indices(self.data[task], self.batch_size, self.seed,
+                                                  self.train_cfg.bucket_batches)  # fmt: skip
         batch = self.data[task].batch(indices).to(self.device)
         with distributed.autocast(torch.device(self.device), self.train_cfg.precision):  # as train._run_epoch
             loss = task_loss(task, self.model(task, batch).float(), batch.labels, self.train_cfg.sts_loss)

@@ -153,6 +153,12 @@ def test_curve_data_phases_and_a_step_logged_twice(tmp_path):
     assert sst.smoothed[20] == sst.loss[20]  # the mean starts again in a new phase
     assert sst.smoothed[21] == pytest.approx((sst.loss[20] + sst.loss[21]) / 2)
     assert_png(draw_curves(tmp_path))
+    # In-epoch probes (evals.jsonl): drawn too; one scored on the full dev sets and kept is the best.
+    probes = [{"step": 20, "probe": dev}, {"step": 50, "probe": dev, "dev": {**dev, "overall": 0.5}, "best": True}]
+    (tmp_path / "evals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in probes))
+    c = curve_data(tmp_path)
+    assert c.probes == probes and c.best == probes[1]
+    assert_png(draw_curves(tmp_path))
 
 
 def test_rolling_mean_and_window():

@@ -184,6 +184,8 @@ def check_onnx(model: MultitaskBert, tokenizer: WordPieceTokenizer, cfg: RunConf
     for precision in ("fp32", "int8") if has_graphs(directory, "int8") else ("fp32",):
         theirs = Predictor(OnnxBackend(directory, cfg.model, precision), tokenizer, cfg.model, batch)
         report[precision] = agreement(results, {t: theirs.predict(t, x).results for t, x in dev.items()}, sts_tolerance)
+    if "int8" in report:  # how far int8 rounding moved the outputs: information, not a check
+        del report["int8"]["agree"]
     return report.pop("fp32") | report
 
 

@@ -36,6 +36,10 @@ from minbert.tokenizer import WordPieceTokenizer
 # torch: the PyTorch model. onnx: an export's ONNX graphs in onnxruntime. int8: ONNX graphs with
 # int8 matrix products in onnxruntime, on the CPU (see onnx_graphs.quantize_graphs).
 BACKENDS = ("torch", "onnx", "int8")
+# The int8 backend's default batch size: smaller batches ran faster in onnxruntime on 2 CPU cores
+# (Quora dev pairs: 982/s at 32, 812/s at 128; docs/RESULTS.md). The others use the run's
+# eval_batch_size.
+INT8_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ class Predictor:
             run = (int8_backend(model, tokenizer, cfg) if backend == "int8"
                    else TorchBackend(model, device, cfg.train.precision))  # fmt: skip
             threshold, dev = PARAPHRASE_THRESHOLD, ckpt.dev
-        batch_size = batch_size or cfg.train.eval_batch_size
+        batch_size = batch_size or (INT8_BATCH if backend == "int8" else cfg.train.eval_batch_size)
         predictor = cls(run, tokenizer, cfg.model, batch_size, threshold, str(path), backend)
         predictor.run_config, predictor.dev_scores = cfg, dev
         return predictor

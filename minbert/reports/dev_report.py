@@ -33,11 +33,11 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides=(), plots_dir: str | P
     dev = encode_all(read_all(cfg, needed_splits(cfg, train=False, test=False)), tokenizer, cfg)["dev"]
     batch = cfg.train.eval_batch_size
     if backend == "int8":
-        from minbert.inference.predictor import int8_backend
+        from minbert.inference.predictor import INT8_BATCH, int8_backend
 
         run = int8_backend(model, tokenizer, cfg)
-        outputs = {task: hard_and_soft(task, head_outputs(lambda idx, t=task: run(t, dev[t], idx), task, dev[task], batch))
-                   for task in dev}  # fmt: skip
+        outputs = {task: hard_and_soft(task, head_outputs(lambda idx, t=task: run(t, dev[t], idx), task, dev[task],
+                                                          INT8_BATCH)) for task in dev}  # fmt: skip
     else:
         model.to(device)
         outputs = {task: hard_and_soft(task, model_outputs(model, task, dev[task], batch, None, device, cfg.train.precision))

@@ -31,7 +31,7 @@ EVALUATION_PICTURES = {"sst": "sst-confusion.png", "sts": "sts-scatter.png", "pa
 NO_MATPLOTLIB = "matplotlib is not installed (pip install 'minbert[plots]')"
 
 TASK_STYLE = {"sst": ("SST", "tab:blue"), "para": ("Paraphrase", "tab:orange"), "sts": ("STS", "tab:green"),
-              "mlm": ("MLM", "tab:purple")}  # fmt: skip
+              "mlm": ("MLM", "tab:purple"), "sst_phrases": ("SST phrases", "tab:cyan")}  # fmt: skip
 # Drawn in this order, overall first and largest, so that a score equal to another stays in sight.
 DEV_LINES = (("overall", "overall", "black", "D"), ("sst", "SST accuracy", "tab:blue", "o"),
              ("para", "Para accuracy", "tab:orange", "s"), ("sts", "STS Pearson r", "tab:green", "^"))  # fmt: skip
