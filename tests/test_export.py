@@ -144,3 +144,20 @@ def test_int8_graphs_hold_int8_weights(runs, small_data_dir, tmp_path):
     inputs = split_inputs(small_data_dir, "dev")["sts"]
     a, b = int8.predict("sts", inputs).results, fp32.predict("sts", inputs).results
     assert max(abs(x - y) for x, y in zip(a, b)) <= 0.05 * 5  # a few percent of the 0-5 scale
+
+
+def test_int8_backend_from_exports_without_int8_graphs(runs, small_data_dir, tmp_path):
+    """An ONNX export without its int8 graphs (say, written before they were) gets them made from
+    its fp32 graphs; a Hugging Face export, from its PyTorch weights: the same int8 outputs."""
+    pytest.importorskip("onnxruntime")
+    onnx_dir, hf_dir = tmp_path / "onnx", tmp_path / "hf"
+    export_checkpoint(runs["cross"], onnx_dir, "onnx", check=False)
+    export_checkpoint(runs["cross"], hf_dir, "hf")
+    inputs = split_inputs(small_data_dir, "dev")["sst"]
+    written = Predictor.load(onnx_dir, backend="int8").predict("sst", inputs).results
+    for path in onnx_dir.glob("*.int8.onnx"):
+        path.unlink()
+    for directory in (onnx_dir, hf_dir):
+        made = Predictor.load(directory, backend="int8")
+        assert made.backend.precision == "int8" and not list(directory.glob("*.int8.onnx"))  # nothing written there
+        assert made.predict("sst", inputs).results == written, directory.name

@@ -108,9 +108,9 @@ def export_graphs(model: MultitaskBert, tokenizer: WordPieceTokenizer, directory
     return paths
 
 
-def quantize_graphs(directory: Path) -> list[Path]:
-    """`{task}.int8.onnx` from each `{task}.onnx` in `directory`, by onnxruntime's
-    `quantize_dynamic`: the weights of every matrix product with a weight (attention projections,
+def quantize_graphs(directory: Path, out_dir: Path | None = None) -> list[Path]:
+    """`{task}.int8.onnx` from each `{task}.onnx` in `directory` (written to out_dir, default
+    `directory`), by onnxruntime's `quantize_dynamic`: the weights of every matrix product with a weight (attention projections,
     feed-forward, heads) stored as int8, one scale per output channel; their inputs quantised to
     8 bits batch by batch at run time. Embeddings, LayerNorms, softmax, GELU and the attention
     products themselves stay fp32. (Fusing attention, LayerNorm and GELU first with onnxruntime's
@@ -118,7 +118,7 @@ def quantize_graphs(directory: Path) -> list[Path]:
     _require("onnxruntime", "int8 graphs")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    paths = [graph_path(directory, task, "int8") for task in TASKS]
+    paths = [graph_path(out_dir or directory, task, "int8") for task in TASKS]
     for task, path in zip(TASKS, paths):
         quantize_dynamic(str(graph_path(directory, task)), str(path), weight_type=QuantType.QInt8, per_channel=True)
     return paths

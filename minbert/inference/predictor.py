@@ -93,16 +93,14 @@ def int8_backend(source: MultitaskBert | Path, tokenizer: WordPieceTokenizer, cf
     import shutil
     import tempfile
 
-    from minbert.inference.onnx_graphs import OnnxBackend, export_graphs, graph_path, quantize_graphs
+    from minbert.inference.onnx_graphs import OnnxBackend, export_graphs, quantize_graphs
 
     directory = Path(tempfile.mkdtemp(prefix="minbert-int8-"))
     try:
         if isinstance(source, MultitaskBert):
-            export_graphs(source, tokenizer, directory, int8=False)
+            export_graphs(source, tokenizer, directory)  # fp32 and int8 graphs
         else:
-            for task in TASKS:
-                shutil.copyfile(graph_path(source, task), graph_path(directory, task))
-        quantize_graphs(directory)
+            quantize_graphs(source, directory)
         return OnnxBackend(directory, cfg.model, "int8").load_all()
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -220,8 +220,9 @@ def draw_curves(run_dir: str | Path, path: str | Path | None = None) -> Path:
             ax_dev.text(0.5, 0.5, "no dev evaluation logged yet", transform=ax_dev.transAxes, ha="center")
         low = min([0.0] + [r["dev"][k] for r in dev for k, *_ in DEV_LINES])
         ax_dev.set_ylim(low - 0.02 if low < 0 else 0.0, 1.0)
-        ax_dev.set(xlabel="optimizer step (at the epoch's end)", ylabel="dev score (accuracy, or Pearson r)",
-                   title="Dev scores at each epoch's end")  # fmt: skip
+        ax_dev.set(xlabel="optimizer step" + ("" if c.probes else " (at the epoch's end)"),
+                   ylabel="dev score (accuracy, or Pearson r)",
+                   title="Dev scores at epoch ends" + (" and probes" if c.probes else ""))  # fmt: skip
         ax_dev.grid(axis="y", alpha=0.3)
         if dev:
             ax_dev.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
