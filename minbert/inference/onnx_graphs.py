@@ -48,9 +48,6 @@ def graph_kind(task: str, pair_encoding: str) -> str:
     return "siamese" if pair_encoding == "siamese" else "cross"
 
 
-PRECISIONS = ("fp32", "int8")
-
-
 def graph_path(directory: Path, task: str, precision: str = "fp32") -> Path:
     return Path(directory) / (f"{task}.onnx" if precision == "fp32" else f"{task}.{precision}.onnx")
 
@@ -110,9 +107,9 @@ def export_graphs(model: MultitaskBert, tokenizer: WordPieceTokenizer, directory
 
 def quantize_graphs(directory: Path, out_dir: Path | None = None) -> list[Path]:
     """`{task}.int8.onnx` from each `{task}.onnx` in `directory` (written to out_dir, default
-    `directory`), by onnxruntime's `quantize_dynamic`: the weights of every matrix product with a weight (attention projections,
-    feed-forward, heads) stored as int8, one scale per output channel; their inputs quantised to
-    8 bits batch by batch at run time. Embeddings, LayerNorms, softmax, GELU and the attention
+    `directory`), by onnxruntime's `quantize_dynamic`: the weights of every matrix product with
+    a weight (attention projections, feed-forward, heads) stored as int8, one scale per output
+    channel; their inputs quantised to 8 bits batch by batch at run time. Embeddings, LayerNorms, softmax, GELU and the attention
     products themselves stay fp32. (Fusing attention, LayerNorm and GELU first with onnxruntime's
     transformer optimizer measured slower here: docs/RESULTS.md.)"""
     _require("onnxruntime", "int8 graphs")
