@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -98,10 +97,10 @@ def main() -> None:
             export_dir = Path(tmp)
             write_export(model, tokenizer, cfg, export_dir, "onnx")
             print(f"ONNX export: {time.perf_counter() - started:.1f} s")
+        int8_dir = export_dir
         if not has_graphs(export_dir, "int8"):  # an export written before int8 graphs were
-            shutil.copytree(export_dir, Path(tmp) / "export")
-            export_dir = Path(tmp) / "export"
-            quantize_graphs(export_dir)
+            int8_dir = Path(tmp) / "int8"
+            quantize_graphs(export_dir, int8_dir)
         cpu = torch.device("cpu")
         small = args.batch_size or INT8_BATCH
 
@@ -113,7 +112,7 @@ def main() -> None:
             f"torch, batch {small}": Predictor(TorchBackend(model, cpu, "fp32"), tokenizer, cfg.model, small),
             "torch.ao int8": Predictor(TorchBackend(torch_ao_int8(model), cpu, "fp32"), tokenizer, cfg.model, small),
             "onnx": onnx(export_dir, "fp32", batch),
-            "onnx int8 (--backend int8)": onnx(export_dir, "int8", small),
+            "onnx int8 (--backend int8)": onnx(int8_dir, "int8", small),
         }
         for predictor in predictors.values():  # untimed warm-up: one batch of each task
             for task, inputs in dev.items():

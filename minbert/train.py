@@ -66,11 +66,16 @@ def read_all(cfg: RunConfig, splits: dict[str, tuple[str, ...]]) -> dict[str, di
                 phrases = phrase_examples(data_dir / "sst-trees-train.txt", examples, cfg.data.phrase_min_words)
                 examples = phrases if task == "sst_phrases" else examples + phrases
             cap = cfg.data.max_train_examples if split == "train" else cfg.data.max_eval_examples
-            if cap is not None and len(examples) > cap:
-                keep = sorted(random.Random(f"{cfg.train.seed}/{split}/{task}").sample(range(len(examples)), cap))
-                examples = [examples[i] for i in keep]
-            out[split][task] = examples
+            out[split][task] = fixed_sample(examples, cap, f"{cfg.train.seed}/{split}/{task}")
     return out
+
+
+def fixed_sample(examples: list[Example], k: int | None, key: str) -> list[Example]:
+    """k of the examples, chosen at random by `key` (the same choice every time), in file order;
+    all of them where k is None or not below their number."""
+    if k is None or k >= len(examples):
+        return examples
+    return [examples[i] for i in sorted(random.Random(key).sample(range(len(examples)), k))]
 
 
 def needed_splits(cfg: RunConfig, train: bool = True, test: bool | None = None) -> dict[str, tuple[str, ...]]:
@@ -438,12 +443,8 @@ def _keep_if_best(run: Run, record: dict) -> None:
 def dev_probe(raw_dev: dict[str, list[Example]], tokenizer: WordPieceTokenizer, cfg: RunConfig) -> dict[str, EncodedTask]:
     """The dev examples scored every eval_every_steps steps of a phase: train.eval_subset of each
     task's dev set (a fixed random choice, the same for every run of a seed), or all of them."""
-    k = cfg.train.eval_subset
-    chosen = {}
-    for task, examples in raw_dev.items():
-        keep = range(len(examples)) if k is None or k >= len(examples) else \
-            sorted(random.Random(f"{cfg.train.seed}/dev-probe/{task}").sample(range(len(examples)), k))  # fmt: skip
-        chosen[task] = [examples[i] for i in keep]
+    chosen = {task: fixed_sample(examples, cfg.train.eval_subset, f"{cfg.train.seed}/dev-probe/{task}")
+              for task, examples in raw_dev.items()}  # fmt: skip
     return encode_all({"dev": chosen}, tokenizer, cfg)["dev"]
 
 

@@ -111,12 +111,13 @@ def quantize_graphs(directory: Path, out_dir: Path | None = None) -> list[Path]:
     a weight (attention projections, feed-forward, heads) stored as int8, one scale per output
     channel, in 7 bits (`reduce_range`: x86's 8-bit multiply-add can saturate its 16-bit sums
     with full-range weights; it cost the main job's model 0.010 SST accuracy, 0.004 with it);
-    their inputs quantised to 8 bits batch by batch at run time. Embeddings, LayerNorms, softmax, GELU and the attention
-    products themselves stay fp32. (Fusing attention, LayerNorm and GELU first with onnxruntime's
-    transformer optimizer measured slower here: docs/RESULTS.md.)"""
+    their inputs quantised to 8 bits batch by batch at run time. Embeddings, LayerNorms, softmax,
+    GELU and the attention products themselves stay fp32. (Fusing attention, LayerNorm and GELU
+    first with onnxruntime's transformer optimizer measured slower here: docs/RESULTS.md.)"""
     _require("onnxruntime", "int8 graphs")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    Path(out_dir or directory).mkdir(parents=True, exist_ok=True)
     paths = [graph_path(out_dir or directory, task, "int8") for task in TASKS]
     for task, path in zip(TASKS, paths):
         quantize_dynamic(str(graph_path(directory, task)), str(path), weight_type=QuantType.QInt8, per_channel=True,
