@@ -16,11 +16,11 @@ import torch
 
 from minbert.config import RunConfig, load_config
 from minbert.configs import resolve_config
-from minbert.data import resolve_data_dir
+from minbert.tasks.data import resolve_data_dir
 from minbert.model import BertConfig, flops_per_token
 from minbert.multitask import MultitaskBert
 from minbert.tokenizer import WordPieceTokenizer
-from minbert.train import build_model
+from minbert.runs import build_model
 
 TASK_ORDER = ("sst", "para", "sts")  # round-robin order, as minbert's round_robin sampler
 

@@ -6,7 +6,7 @@ checkpoint, in the style of the CS224N starter code:
   batch's longest sequence; truncation at 128 tokens);
 - batches drawn uniformly at random (a random permutation per pass, no length bucketing);
 - each side of a pair encoded by its own BertModel forward call; pooled output = pooler_output;
-- minbert's own heads (minbert.heads) and losses (minbert.tasks.TASKS[task].loss);
+- minbert's own heads (minbert.tasks.heads) and losses (the seed tasks' TaskSpec.loss);
 - torch.optim.AdamW(lr=3e-5, weight_decay=0.01), no fused kernel.
 
 Not a script; train_throughput.py and predict_throughput.py import it.
@@ -22,9 +22,9 @@ import transformers
 from torch import nn
 
 from minbert.checkpoint import default_checkpoint_dir
-from minbert.data import Example
-from minbert.heads import SIMILARITY_SCALE, SentimentMLP, SiamesePairHead
-from minbert.tasks import SST_CLASSES, TASKS
+from minbert.tasks.data import Example
+from minbert.tasks.heads import SIMILARITY_SCALE, SentimentMLP, SiamesePairHead
+from minbert.tasks.spec import BUILTIN as TASKS, SST_CLASSES  # the seed's built-in tasks
 
 from common import autocast
 

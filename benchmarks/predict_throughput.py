@@ -29,7 +29,8 @@ import argparse
 import hf_reference
 from common import TASK_ORDER, Stopwatch, add_common_args, build_minbert, describe, describe_model, load_run_config
 from minbert.evaluation import predict
-from minbert.train import encode_all, read_all, set_seed
+from minbert.runs import encode_all, read_all
+from minbert.training.state import set_seed
 
 
 def run_minbert(model, tokenizer, cfg, task: str, examples, batch_size: int, device: str):

@@ -38,11 +38,15 @@ import torch
 
 from minbert.config import load_config
 from minbert.configs import resolve_config
-from minbert.data import resolve_data_dir
-from minbert.inference.export import agreement, is_export, load_model, read_manifest, read_tokenizer, write_export
+from minbert.tasks.data import resolve_data_dir
+from minbert.inference.export import agreement, write_export
+from minbert.inference.manifest import is_export, load_model, read_manifest, read_tokenizer
 from minbert.inference.onnx_graphs import OnnxBackend, graph_path, has_graphs, quantize_graphs
-from minbert.inference.predictor import INT8_BATCH, Predictor, TorchBackend, allowed_cores, split_inputs
-from minbert.train import build_model, load_trained, set_seed
+from minbert.inference.backends import INT8_BATCH, TorchBackend, allowed_cores
+from minbert.inference.predictor import Predictor, split_inputs
+from minbert.runs import build_model, load_trained
+from minbert.tasks.spec import TaskSet
+from minbert.training.state import set_seed
 
 UNITS = {"sst": "sentences/s", "para": "pairs/s", "sts": "pairs/s"}
 NAMES = {"sst": "SST dev sentences", "para": "Quora dev pairs", "sts": "STS dev pairs"}
@@ -85,10 +89,10 @@ def main() -> None:
     model, tokenizer, cfg, described, export_dir = load(args.model_dir)
     batch = args.batch_size or cfg.train.eval_batch_size
     data_dir = resolve_data_dir(args.data_dir or cfg.data.dir)
-    dev = split_inputs(data_dir, "dev", args.limit)
+    dev = split_inputs(data_dir, TaskSet.seed(), "dev", args.limit)
     labelled = None
     if args.model_dir is not None and args.limit is None:  # a trained model: score every backend's predictions
-        from minbert.tasks import TASKS
+        from minbert.tasks.spec import BUILTIN as TASKS
 
         labelled = {t: [e.label for e in TASKS[t].read(data_dir, "dev").examples] for t in dev}
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,19 +102,19 @@ def main() -> None:
             write_export(model, tokenizer, cfg, export_dir, "onnx")
             print(f"ONNX export: {time.perf_counter() - started:.1f} s")
         int8_dir = export_dir
-        if not has_graphs(export_dir, "int8"):  # an export written before int8 graphs were
+        if not has_graphs(export_dir, TaskSet.seed(), "int8"):  # an export written before int8 graphs were
             int8_dir = Path(tmp) / "int8"
-            quantize_graphs(export_dir, int8_dir)
+            quantize_graphs(export_dir, TaskSet.seed(), int8_dir)
         cpu = torch.device("cpu")
         small = args.batch_size or INT8_BATCH
 
         def onnx(directory: Path, precision: str, size: int) -> Predictor:
-            return Predictor(OnnxBackend(directory, cfg.model, precision), tokenizer, cfg.model, size)
+            return Predictor(OnnxBackend(directory, cfg, precision), tokenizer, cfg, size)
 
         predictors = {
-            "torch": Predictor(TorchBackend(model, cpu, "fp32"), tokenizer, cfg.model, batch),
-            f"torch, batch {small}": Predictor(TorchBackend(model, cpu, "fp32"), tokenizer, cfg.model, small),
-            "torch.ao int8": Predictor(TorchBackend(torch_ao_int8(model), cpu, "fp32"), tokenizer, cfg.model, small),
+            "torch": Predictor(TorchBackend(model, cpu, "fp32"), tokenizer, cfg, batch),
+            f"torch, batch {small}": Predictor(TorchBackend(model, cpu, "fp32"), tokenizer, cfg, small),
+            "torch.ao int8": Predictor(TorchBackend(torch_ao_int8(model), cpu, "fp32"), tokenizer, cfg, small),
             "onnx": onnx(export_dir, "fp32", batch),
             "onnx int8 (--backend int8)": onnx(int8_dir, "int8", small),
         }
@@ -163,10 +167,10 @@ def torch_ao_int8(model):
 
 def dev_scores_of(results: dict[str, list], labelled: dict) -> dict[str, float]:
     """The dev scores of Predictor results (labels, decisions, scores) against the dev labels."""
-    from minbert.metrics import overall_score, pearson
+    from minbert.tasks.metrics import overall_score, pearson
 
     sst = sum(r.label == y for r, y in zip(results["sst"], labelled["sst"])) / len(labelled["sst"])
-    para = sum(int(r.is_paraphrase) == y for r, y in zip(results["para"], labelled["para"])) / len(labelled["para"])
+    para = sum(int(r.positive) == y for r, y in zip(results["para"], labelled["para"])) / len(labelled["para"])
     sts = pearson(results["sts"], labelled["sts"])
     return {"sst": round(sst, 4), "para": round(para, 4), "sts": round(sts, 4), "overall": round(overall_score(sst, para, sts), 4)}
 

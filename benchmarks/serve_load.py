@@ -46,8 +46,9 @@ def fresh_heads_run(directory: Path) -> str:
     """The embedded MiniLM with freshly initialised heads (main.yaml's model), saved as a run."""
     from minbert.config import load_config, to_dict
     from minbert.configs import resolve_config
-    from minbert.run_state import BEST, Checkpoint, save_checkpoint
-    from minbert.train import build_model, set_seed
+    from minbert.run_files import BEST, Checkpoint, save_checkpoint
+    from minbert.runs import build_model
+    from minbert.training.state import set_seed
 
     cfg = load_config(resolve_config("main"))
     set_seed(cfg.train.seed)
@@ -187,8 +188,8 @@ def main() -> None:
     if not 1 <= args.clients <= MAX_CLIENTS or not 0 < args.seconds <= MAX_SECONDS or not 1 <= args.rounds <= 100:
         parser.error(f"--clients must be 1-{MAX_CLIENTS}, --seconds in (0, {MAX_SECONDS}], --rounds 1-100")
 
-    from minbert.data import resolve_data_dir
-    from minbert.tasks import TASKS
+    from minbert.tasks.data import resolve_data_dir
+    from minbert.tasks.spec import BUILTIN as TASKS
 
     sentences = [e.texts[0] for e in TASKS["sst"].read(resolve_data_dir(args.data_dir), "dev").examples]
     load_before = os.getloadavg()[0]

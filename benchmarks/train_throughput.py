@@ -35,7 +35,10 @@ import torch
 from common import (TASK_ORDER, MatmulPeak, Stopwatch, TokenStats, add_common_args, build_minbert, describe,
                     describe_model, load_run_config)  # fmt: skip
 from minbert import distributed
-from minbert.train import TaskStream, encode_all, make_optimizer, read_all, set_seed, task_loss
+from minbert.runs import encode_all, read_all
+from minbert.tasks.losses import task_loss
+from minbert.training.loop import make_optimizer
+from minbert.training.state import TaskStream, set_seed
 
 
 class Side:
@@ -86,7 +89,7 @@ class Minbert(Side):
                                                   self.train_cfg.bucket_batches)  # fmt: skip
         batch = self.data[task].batch(indices).to(self.device)
         with distributed.autocast(torch.device(self.device), self.train_cfg.precision):  # as train._run_epoch
-            loss = task_loss(task, self.model(task, batch).float(), batch.labels, self.train_cfg.sts_loss)
+            loss = task_loss(self.model.tasks[task], self.model(task, batch).float(), batch.labels, self.train_cfg.sts_loss)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

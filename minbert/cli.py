@@ -2,6 +2,10 @@
 
 Config overrides are dotted keys after the named options: `minbert train --train.seed=3
 --train.phases.0.epochs=2`. `--model PATH` is short for `--model.checkpoint=PATH`.
+
+One small function per command (`COMMANDS`): each validates its arguments, imports what it
+uses, calls the library and prints. `main` parses, turns the known errors into one line and
+an exit status (2: bad input or files, 1: a run that could not go on), and nothing imports it.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ from pathlib import Path
 
 from minbert.configs import resolve_config
 from minbert.evaluation import PREDICTION_LAYOUTS
+from minbert.inference.backends import BACKENDS
 from minbert.inference.export import FORMATS
 from minbert.inference.io import OUTPUT_FORMATS
-from minbert.inference.predictor import BACKENDS
 from minbert.inference.serve_limits import Limits
 
 
@@ -32,7 +36,8 @@ def _overrides(unknown: list[str], model: str | None, parser: argparse.ArgumentP
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser, and each command's subparser by name (for its own errors)."""
     parser = argparse.ArgumentParser(prog="minbert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train (no config: the main job)")
@@ -106,107 +111,111 @@ def main(argv: list[str] | None = None) -> int:
     for p in (p_train, p_eval, p_pred, p_files, p_ens, p_exp, p_serve, p_rep):
         p.add_argument("--model", help="BERT checkpoint directory (default: the embedded all-MiniLM-L6-v2)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args, unknown = parser.parse_known_args(argv)
-    if args.command == "plot":
-        return plot(Path(args.run), unknown, p_plot)
-    active = {"train": p_train, "evaluate": p_eval, "predict": p_pred, "predict-files": p_files, "ensemble": p_ens,
-              "export": p_exp, "serve": p_serve, "reproduce": p_rep}[args.command]  # fmt: skip
-    overrides = _overrides(unknown, args.model, active)
+    return parser, {"train": p_train, "evaluate": p_eval, "predict": p_pred, "predict-files": p_files,
+                    "ensemble": p_ens, "export": p_exp, "serve": p_serve, "reproduce": p_rep, "plot": p_plot}  # fmt: skip
 
-    from minbert.checkpoint import CheckpointError
-    from minbert.config import ConfigError, load_config
-    from minbert.data import DataError
-    from minbert.run_state import RunError
 
-    import torch
+# ---------------------------------------------------------------------------------------
+# The commands: (args, config overrides, the command's parser) -> exit status
 
-    if hasattr(args, "threads"):  # the commands that predict: every core this process may use, by default
-        from minbert.inference.predictor import allowed_cores
 
-        torch.set_num_threads(args.threads or allowed_cores())
-    try:
-        if args.command == "train":
-            config_path = resolve_config(args.config)
-            cfg = load_config(config_path, overrides)
-            out = Path(args.out or f"runs/{config_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-            from minbert.train import train
+def train_command(args, overrides: list[str], parser) -> int:
+    from minbert.config import load_config
+    from minbert.training import TrainOptions, train
 
-            print(f"minbert: training {config_path} -> {out}", flush=True)
-            scores = train(cfg, out, resume=args.resume, progress=not args.no_progress, init_from=args.init_from,
-                           overwrite=args.overwrite)  # fmt: skip
-            print_scores(scores)
-            print(f"run directory: {out}")
-        elif args.command == "evaluate":
-            from minbert.reports.dev_report import evaluate_checkpoint
-
-            print_scores(evaluate_checkpoint(args.checkpoint, overrides, args.plots, backend=args.backend))
-        elif args.command == "predict-files":
-            from minbert.train import predict_checkpoint
-
-            out = Path(args.out)
-            scores = predict_checkpoint(args.checkpoint, overrides, out, progress=not args.no_progress, layout=args.format)
-            print_scores(scores)
-            print(f"prediction files ({args.format}) written to {out}")
-        elif args.command == "ensemble":
-            from minbert.ensemble import predict_ensemble
-
-            soft = args.soft_labels.split(",") if args.soft_labels else []
-            print_scores(predict_ensemble(args.runs, args.out, overrides, soft, test=not args.no_test,
-                                          progress=not args.no_progress))  # fmt: skip
-            print(f"ensemble of {len(args.runs)} run(s) written to {args.out} (each input: {len(args.runs)} forward passes)")
-        elif args.command == "predict":
-            from minbert.inference import io
-            from minbert.inference.predictor import Predictor
-
-            if bool(args.texts) == bool(args.input):
-                active.error("give either texts or --input FILE")
-            if not args.input and (args.output or args.columns or args.format):
-                active.error("--output, --columns and --format go with --input")
-            predictor = Predictor.load(args.checkpoint, args.backend, batch_size=args.batch_size, overrides=overrides)
-            if args.input:
-                columns = args.columns.split(",") if args.columns else None
-                summary = io.predict_file(predictor, args.task, args.input, columns, args.output, args.format,
-                                          progress=not args.no_progress)  # fmt: skip
-                print(f"minbert: {summary}", file=sys.stderr)
-            else:
-                print(io.answer_texts(predictor, args.task, args.texts))
-        elif args.command == "export":
-            from minbert.inference.export import export_checkpoint
-
-            report = export_checkpoint(args.checkpoint, args.out, args.format, overrides, args.check_limit,
-                                       check=not args.no_check)  # fmt: skip
-            if report:
-                print(f"ONNX vs PyTorch on the dev files: {json.dumps(report)}")
-            print(f"exported ({args.format}) to {args.out}")
-        elif args.command == "serve":
-            try:
-                from minbert.inference.serve import serve
-            except ModuleNotFoundError as e:
-                active.error(f"{e.name} is not installed: pip install 'minbert[serve]' (FastAPI and uvicorn)")
-            max_batch, wait_ms = (1, 0.0) if args.no_batching else (args.max_batch, args.batch_wait_ms)
-            limits = Limits(max_batch=max_batch, batch_wait_ms=wait_ms, max_texts=args.max_texts,
-                            max_chars=args.max_chars, max_body_bytes=args.max_body_bytes)  # fmt: skip
-            serve(args.checkpoint, args.host, args.port, limits, args.backend, overrides, torch.get_num_threads())
-        elif args.command == "reproduce":
-            from minbert.reports.reproduce import reproduce
-
-            reproduce(Path(args.out), args.models.split(","), overrides, progress=not args.no_progress)
-    except (ConfigError, DataError, CheckpointError, OSError, ValueError) as e:  # one line, no traceback
-        print(f"minbert: error: {e}", file=sys.stderr)
-        return 2
-    except RunError as e:  # diverged, directory locked, a file that could not be written
-        print(f"minbert: error: {e}", file=sys.stderr)
-        return 1
+    config_path = resolve_config(args.config)
+    cfg = load_config(config_path, overrides)
+    out = Path(args.out or f"runs/{config_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"minbert: training {config_path} -> {out}", flush=True)
+    options = TrainOptions(resume=args.resume, init_from=args.init_from, overwrite=args.overwrite,
+                           progress=not args.no_progress)  # fmt: skip
+    print_scores(train(cfg, out, options))
+    print(f"run directory: {out}")
     return 0
 
 
-def plot(run: Path, unknown: list[str], parser: argparse.ArgumentParser) -> int:
-    if unknown:
-        parser.error(f"unrecognised arguments: {' '.join(unknown)}")
+def evaluate_command(args, overrides: list[str], parser) -> int:
+    from minbert.inference.evaluate import evaluate_checkpoint
+
+    print_scores(evaluate_checkpoint(args.checkpoint, overrides, args.plots, backend=args.backend))
+    return 0
+
+
+def predict_files_command(args, overrides: list[str], parser) -> int:
+    from minbert.runs import predict_checkpoint
+
+    out = Path(args.out)
+    print_scores(predict_checkpoint(args.checkpoint, overrides, out, layout=args.format))
+    print(f"prediction files ({args.format}) written to {out}")
+    return 0
+
+
+def ensemble_command(args, overrides: list[str], parser) -> int:
+    from minbert.inference.ensemble import predict_ensemble
+
+    soft = args.soft_labels.split(",") if args.soft_labels else []
+    print_scores(predict_ensemble(args.runs, args.out, overrides, soft, test=not args.no_test,
+                                  progress=not args.no_progress))  # fmt: skip
+    print(f"ensemble of {len(args.runs)} run(s) written to {args.out} (each input: {len(args.runs)} forward passes)")
+    return 0
+
+
+def predict_command(args, overrides: list[str], parser) -> int:
+    from minbert.inference import io
+    from minbert.inference.predictor import Predictor
+
+    if bool(args.texts) == bool(args.input):
+        parser.error("give either texts or --input FILE")
+    if not args.input and (args.output or args.columns or args.format):
+        parser.error("--output, --columns and --format go with --input")
+    predictor = Predictor.load(args.checkpoint, args.backend, batch_size=args.batch_size, overrides=overrides)
+    if args.input:
+        columns = args.columns.split(",") if args.columns else None
+        summary = io.predict_file(predictor, args.task, args.input, columns, args.output, args.format,
+                                  progress=not args.no_progress)  # fmt: skip
+        print(f"minbert: {summary}", file=sys.stderr)
+    else:
+        print(io.answer_texts(predictor, args.task, args.texts))
+    return 0
+
+
+def export_command(args, overrides: list[str], parser) -> int:
+    from minbert.inference.export import export_checkpoint
+
+    report = export_checkpoint(args.checkpoint, args.out, args.format, overrides, args.check_limit,
+                               check=not args.no_check)  # fmt: skip
+    if report:
+        print(f"ONNX vs PyTorch on the dev files: {json.dumps(report)}")
+    print(f"exported ({args.format}) to {args.out}")
+    return 0
+
+
+def serve_command(args, overrides: list[str], parser) -> int:
+    import torch
+
+    try:
+        from minbert.inference.serve import serve
+    except ModuleNotFoundError as e:
+        parser.error(f"{e.name} is not installed: pip install 'minbert[serve]' (FastAPI and uvicorn)")
+    max_batch, wait_ms = (1, 0.0) if args.no_batching else (args.max_batch, args.batch_wait_ms)
+    limits = Limits(max_batch=max_batch, batch_wait_ms=wait_ms, max_texts=args.max_texts,
+                    max_chars=args.max_chars, max_body_bytes=args.max_body_bytes)  # fmt: skip
+    serve(args.checkpoint, args.host, args.port, limits, args.backend, overrides, torch.get_num_threads())
+    return 0
+
+
+def reproduce_command(args, overrides: list[str], parser) -> int:
+    from minbert.training.reproduce import reproduce
+
+    reproduce(Path(args.out), args.models.split(","), overrides, progress=not args.no_progress)
+    return 0
+
+
+def plot_command(args, overrides: list[str], parser) -> int:
     from minbert.reports.plots import NO_MATPLOTLIB, plot_run
 
     try:
-        written = plot_run(run)
+        written = plot_run(Path(args.run))
     except FileNotFoundError as e:
         print(f"minbert: error: {e}", file=sys.stderr)
         return 2
@@ -217,6 +226,42 @@ def plot(run: Path, unknown: list[str], parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+COMMANDS = {"train": train_command, "evaluate": evaluate_command, "predict": predict_command,
+            "predict-files": predict_files_command, "ensemble": ensemble_command, "export": export_command,
+            "serve": serve_command, "reproduce": reproduce_command, "plot": plot_command}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, commands = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    active = commands[args.command]
+    if args.command == "plot":
+        if unknown:
+            active.error(f"unrecognised arguments: {' '.join(unknown)}")
+        return plot_command(args, [], active)
+    overrides = _overrides(unknown, args.model, active)
+
+    import torch
+
+    from minbert.checkpoint import CheckpointError
+    from minbert.config import ConfigError
+    from minbert.run_files import RunError
+    from minbert.tasks.data import DataError
+
+    if hasattr(args, "threads"):  # the commands that predict: every core this process may use, by default
+        from minbert.inference.backends import allowed_cores
+
+        torch.set_num_threads(args.threads or allowed_cores())
+    try:
+        return COMMANDS[args.command](args, overrides, active)
+    except (ConfigError, DataError, CheckpointError, OSError, ValueError) as e:  # one line, no traceback
+        print(f"minbert: error: {e}", file=sys.stderr)
+        return 2
+    except RunError as e:  # diverged, directory locked, a file that could not be written
+        print(f"minbert: error: {e}", file=sys.stderr)
+        return 1
+
+
 def print_scores(scores: dict) -> None:
     """Dev scores, one a line (the seed tasks by their long names), then the same as JSON."""
     names = {"sst": "SST accuracy", "para": "Paraphrase accuracy", "sts": "STS Pearson r", "overall": "Overall"}
@@ -225,6 +270,7 @@ def print_scores(scores: dict) -> None:
         if key != "train_wall_s":
             print(f"  {names.get(key, key):<22}{value:.4f}")
     print(json.dumps(scores))
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

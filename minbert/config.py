@@ -13,11 +13,13 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from minbert.tasks.spec import HEADS, LOSSES, PAIR_ENCODINGS, TRAIN_ONLY, TaskError, TaskSet, declared
 
 
 class ConfigError(ValueError):
@@ -199,26 +201,42 @@ def _one_line(e: OmegaConfBaseException, where: str) -> str:
     return f"{key}: {msg}" if key else f"{where}: {msg}"
 
 
-CHOICES = {
-    "model.pooling": ("cls", "mean"),
-    "model.pair_encoding": ("siamese", "cross"),
-    "model.sentiment_head": ("mlp", "linear"),
-    "model.similarity_head": ("pair", "cosine"),
-}
-PHASE_CHOICES = {
-    "mode": ("finetune", "frozen", "mlm"),
-    "sampler": ("round_robin", "proportional", "annealed"),
-    "decay": ("constant", "linear"),
-}
+@dataclass(frozen=True)
+class Rule:
+    """What a config value may be: one of `choices`, or a number for which `test` holds (the
+    range in `words`). NaN fails every comparison, so it is out of every range; None (where a
+    field allows it) means "not set" and is not checked."""
 
-# The allowed range of every number: (test, the range in words). NaN fails every comparison,
-# so it is out of every range; None (where a field allows it) means "not set" and is not checked.
-AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
-AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
-POSITIVE = (lambda v: 0 < v < math.inf, "> 0 and finite")
-RANGES = {
-    "model.head_dropout": (lambda v: 0 <= v < 1, "0 <= value < 1"),
-    "model.max_length": (lambda v: 1 <= v <= 512, "1 <= value <= 512"),  # BERT's; build_model checks the checkpoint's
+    choices: tuple | None = None
+    test: Callable[[float], bool] | None = None
+    words: str = ""
+
+    def check(self, dotted: str, value: Any) -> None:
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{dotted}: {value!r} is not one of {self.choices}")
+        if self.test is not None and value is not None and not self.test(value):
+            raise ConfigError(f"{dotted}: {value!r} is out of range (allowed: {self.words})")
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(choices=tuple(choices))
+
+
+AT_LEAST_1 = Rule(test=lambda v: v >= 1, words=">= 1")
+AT_LEAST_0 = Rule(test=lambda v: v >= 0, words=">= 0")
+POSITIVE = Rule(test=lambda v: 0 < v < math.inf, words="> 0 and finite")
+FINITE_NON_NEGATIVE = Rule(test=lambda v: 0 <= v < math.inf, words=">= 0 and finite")
+PHASE = "train.phases.*."  # a key of every phase
+
+# Every choice and range of a run config, in one table. The names of pair encodings, heads and
+# losses are the task declarations' (minbert/tasks/spec.py), so each is said once.
+RULES: dict[str, Rule] = {
+    "model.pooling": one_of("cls", "mean"),
+    "model.pair_encoding": one_of(*PAIR_ENCODINGS),
+    "model.sentiment_head": one_of(*(h for h in HEADS["classification"] if h != "pair")),  # pairs choose per task
+    "model.similarity_head": one_of(*(h for h in HEADS["regression"] if h != "linear")),  # linear: cross pairs only
+    "model.head_dropout": Rule(test=lambda v: 0 <= v < 1, words="0 <= value < 1"),
+    "model.max_length": Rule(test=lambda v: 1 <= v <= 512, words="1 <= value <= 512"),  # BERT's; runs.build_model checks the checkpoint's
     "data.max_train_examples": AT_LEAST_1,
     "data.max_eval_examples": AT_LEAST_1,
     "data.phrase_min_words": AT_LEAST_1,
@@ -228,80 +246,74 @@ RANGES = {
     "train.checkpoint_every_steps": AT_LEAST_1,
     "train.checkpoint_every_minutes": POSITIVE,
     "train.log_every_steps": AT_LEAST_1,
-    "train.eval_subset": (lambda v: v >= 2, ">= 2, for a correlation"),
+    "train.eval_subset": Rule(test=lambda v: v >= 2, words=">= 2, for a correlation"),
     "train.bucket_batches": AT_LEAST_1,
-    "train.rdrop": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
-    "train.distill_weight": (lambda v: 0 <= v <= 1, "0 <= value <= 1"),
-}
-PHASE_RANGES = {
-    "epochs": AT_LEAST_0,
-    "full_epochs": AT_LEAST_0,  # the epochs of the full budget: the same range as epochs
-    "lr": POSITIVE,
-    "head_lr": POSITIVE,
-    "steps_per_epoch": AT_LEAST_1,
-    "eval_every_steps": AT_LEAST_1,
-    "warmup_ratio": (lambda v: 0 <= v <= 1, "0 <= value <= 1"),
-    "layer_lr_decay": (lambda v: 0 < v <= 1, "0 < value <= 1"),
-    "weight_decay": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
+    "train.rdrop": FINITE_NON_NEGATIVE,
+    "train.distill_weight": Rule(test=lambda v: 0 <= v <= 1, words="0 <= value <= 1"),
+    "train.sts_loss": one_of(*LOSSES["regression"]),
+    "train.precision": one_of("auto", "fp32", "bf16"),
+    "train.budget": one_of("cpu", "full"),
+    "train.loss_weights.*": FINITE_NON_NEGATIVE,
+    PHASE + "mode": one_of("finetune", "frozen", "mlm"),
+    PHASE + "sampler": one_of("round_robin", "proportional", "annealed"),
+    PHASE + "decay": one_of("constant", "linear"),
+    PHASE + "epochs": AT_LEAST_0,
+    PHASE + "full_epochs": AT_LEAST_0,  # the epochs of the full budget: the same range as epochs
+    PHASE + "lr": POSITIVE,
+    PHASE + "head_lr": POSITIVE,
+    PHASE + "steps_per_epoch": AT_LEAST_1,
+    PHASE + "eval_every_steps": AT_LEAST_1,
+    PHASE + "warmup_ratio": Rule(test=lambda v: 0 <= v <= 1, words="0 <= value <= 1"),
+    PHASE + "layer_lr_decay": Rule(test=lambda v: 0 < v <= 1, words="0 < value <= 1"),
+    PHASE + "weight_decay": FINITE_NON_NEGATIVE,
 }
 
 
-def _check_range(dotted: str, value: float | None, rule: tuple) -> None:
-    test, allowed = rule
-    if value is not None and not test(value):
-        raise ConfigError(f"{dotted}: {value!r} is out of range (allowed: {allowed})")
+def _values(cfg: RunConfig, dotted: str) -> list[tuple[str, Any]]:
+    """(concrete key, value) for a RULES key: `*` stands for every phase, or every key of a dict."""
+    found = [("", cfg)]
+    for part in dotted.split("."):
+        step = []
+        for key, node in found:
+            items = enumerate(node) if isinstance(node, list) else node.items() if isinstance(node, dict) else None
+            if part == "*":
+                step += [(f"{key}.{k}", v) for k, v in items]
+            else:
+                step.append((f"{key}.{part}", node[part] if isinstance(node, dict) else getattr(node, part)))
+        found = step
+    return [(key.lstrip("."), value) for key, value in found]
 
 
 def validate(cfg: RunConfig) -> None:
-    from minbert.tasks import TRAIN_ONLY, TaskError, declared, specs_of
-
+    """Every rule of RULES, then the rules between keys and the run's tasks."""
     try:
         cfg.tasks = [declared(entry, f"tasks.{i}") for i, entry in enumerate(cfg.tasks)]
-        specs = specs_of(cfg.tasks)
+        tasks = TaskSet.of(cfg.tasks)
     except TaskError as e:
         raise ConfigError(str(e)) from None
-    if not specs:
+    if not tasks:
         raise ConfigError("tasks: at least one task is needed")
-    names = tuple(specs)
-    trainable = names + tuple(t for t, owner in TRAIN_ONLY.items() if owner in names)
-    for name, spec in specs.items():
+    for name, spec in tasks.items():
         if spec.head == "cosine" and (spec.pair_encoding or cfg.model.pair_encoding) == "cross":
             raise ConfigError(f"task {name!r}: head 'cosine' needs pair_encoding 'siamese'")
-    for dotted, allowed in CHOICES.items():
-        section, name = dotted.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value not in allowed:
-            raise ConfigError(f"{dotted}: {value!r} is not one of {allowed}")
-    for dotted, rule in RANGES.items():
-        section, name = dotted.split(".")
-        _check_range(dotted, getattr(getattr(cfg, section), name), rule)
     if not cfg.train.phases:
         raise ConfigError("train.phases: at least one phase is needed")
+    for dotted, rule in RULES.items():
+        for key, value in _values(cfg, dotted):
+            rule.check(key, value)
+    trainable = tasks.trainable
     for i, phase in enumerate(cfg.train.phases):
-        for name, allowed in PHASE_CHOICES.items():
-            if getattr(phase, name) not in allowed:
-                raise ConfigError(f"train.phases.{i}.{name}: {getattr(phase, name)!r} is not one of {allowed}")
         bad = [t for t in phase.tasks if t not in trainable]
         if bad or not phase.tasks:
             raise ConfigError(f"train.phases.{i}.tasks: {phase.tasks} must be a non-empty subset of the run's tasks "
                               f"{trainable}")  # fmt: skip
         if phase.mode == "frozen" and any(t in TRAIN_ONLY for t in phase.tasks):
             raise ConfigError(f"train.phases.{i}.tasks: a frozen phase trains on cached vectors of the run's tasks only")
-        for name, rule in PHASE_RANGES.items():
-            _check_range(f"train.phases.{i}.{name}", getattr(phase, name), rule)
     rdrop_tasks = cfg.train.rdrop_tasks if cfg.train.rdrop > 0 else []  # the default names sst and sts: checked when on
-    for key, tasks in (("train.loss_weights", list(cfg.train.loss_weights)), ("train.rdrop_tasks", rdrop_tasks)):
-        bad = [t for t in tasks if t not in trainable]
+    for key, names in (("train.loss_weights", list(cfg.train.loss_weights)), ("train.rdrop_tasks", rdrop_tasks)):
+        bad = [t for t in names if t not in trainable]
         if bad:
             raise ConfigError(f"{key}: {bad[0]!r} is not one of the run's training tasks {trainable}")
-    for task, weight in cfg.train.loss_weights.items():
-        _check_range(f"train.loss_weights.{task}", weight, (lambda v: 0 <= v < math.inf, ">= 0 and finite"))
-    if cfg.train.sts_loss not in ("mse", "cosent", "mse+cosent"):
-        raise ConfigError(f"train.sts_loss: {cfg.train.sts_loss!r} is not one of ('mse', 'cosent', 'mse+cosent')")
-    if cfg.train.precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"train.precision: {cfg.train.precision!r} is not one of ('auto', 'fp32', 'bf16')")
-    if cfg.train.budget not in ("cpu", "full"):
-        raise ConfigError(f"train.budget: {cfg.train.budget!r} is not one of ('cpu', 'full')")
     if cfg.model.similarity_head == "cosine" and cfg.model.pair_encoding == "cross":
         raise ConfigError("model.similarity_head 'cosine' needs model.pair_encoding 'siamese'")
 

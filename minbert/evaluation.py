@@ -1,4 +1,5 @@
-"""Prediction, dev scores and the prediction files."""
+"""Prediction, dev scores and the prediction files: what training's evaluations, a finished
+run's outputs and the Predictor share. A task's spec comes with its data (`EncodedTask.spec`)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import torch
 from tqdm import tqdm
 
 from minbert import distributed
-from minbert.data import sorted_batches
-from minbert.metrics import METRICS, mean_primary, overall_score
-from minbert.multitask import EncodedTask, MultitaskBert
-from minbert.run_state import RunError, atomic_write
-from minbert.tasks import TASKS, is_seed_task_set
+from minbert.multitask import MultitaskBert
+from minbert.run_files import RunError, atomic_write
+from minbert.tasks.data import sorted_batches
+from minbert.tasks.encoding import EncodedTask
+from minbert.tasks.metrics import METRICS, mean_primary, overall_score
+from minbert.tasks.spec import TaskSpec, is_seed_task_set
 
 # Optional stand-in for the encoder: (task, split-name, indices) -> feature tuple. Used when
 # the encoder is frozen and its vectors are cached (see minbert.features).
@@ -32,19 +34,18 @@ def predict(
     precision: str = "fp32",
 ) -> list:
     """Predictions for every example of `data`, in input order (see `head_outputs`)."""
-    return TASKS[task].predict(model_outputs(model, task, data, batch_size, features, device, precision)).float().tolist()
+    return data.spec.predict(model_outputs(model, task, data, batch_size, features, device, precision)).float().tolist()
 
 
 def predict_soft(model: MultitaskBert, task: str, data: EncodedTask, batch_size: int = 128,
                  device: torch.device | str = "cpu", precision: str = "fp32") -> tuple[list, list]:  # fmt: skip
     """`predict`'s predictions and, from the same forward passes, what each was read from
     (`TaskSpec.soft_predict`): class probabilities, P(positive), or the score."""
-    return hard_and_soft(task, model_outputs(model, task, data, batch_size, None, device, precision))
+    return hard_and_soft(data.spec, model_outputs(model, task, data, batch_size, None, device, precision))
 
 
-def hard_and_soft(task: str, outputs: torch.Tensor) -> tuple[list, list]:
+def hard_and_soft(spec: TaskSpec, outputs: torch.Tensor) -> tuple[list, list]:
     """A task's predictions from its head's raw outputs, and what each was read from."""
-    spec = TASKS[task]
     return spec.predict(outputs).float().tolist(), spec.soft_predict(outputs).tolist()
 
 
@@ -96,7 +97,7 @@ def score(task: str, predictions: list, data: EncodedTask, metric: str | None = 
     """A task's metric (default: its primary) of predictions against the split's labels."""
     if data.labels is None:
         raise ValueError(f"{task}: this split has no labels to score against")
-    return METRICS[metric or TASKS[task].primary](predictions, data.labels.tolist())
+    return METRICS[metric or data.spec.primary](predictions, data.labels.tolist())
 
 
 def dev_scores(predictions: dict[str, list], dev: dict[str, EncodedTask]) -> dict[str, float]:
@@ -105,21 +106,21 @@ def dev_scores(predictions: dict[str, list], dev: dict[str, EncodedTask]) -> dic
     metrics with correlations mapped to [0, 1] (see OVERALL_FORMULA)."""
     scores, primaries = {}, {}
     for task, preds in predictions.items():
-        spec = TASKS[task]
+        spec = dev[task].spec
         for metric in spec.metrics:
             value = score(task, preds, dev[task], metric)
             scores[task if metric == spec.primary else f"{task}_{metric}"] = value
         primaries[task] = (spec.primary, scores[task])
-    if is_seed_task_set(predictions):
+    if is_seed_task_set({task: dev[task].spec for task in predictions}):
         scores["overall"] = overall_score(scores["sst"], scores["para"], scores["sts"])
     else:
         scores["overall"] = mean_primary(primaries)
     return scores
 
 
-def overall_formula(tasks) -> str:
-    """How `overall` is computed for a task set, in words (metrics.json states it)."""
-    if is_seed_task_set(tasks):
+def overall_formula(dev: dict[str, EncodedTask]) -> str:
+    """How `overall` is computed for a run's dev sets, in words (metrics.json states it)."""
+    if is_seed_task_set({task: data.spec for task, data in dev.items()}):
         return "CS224N: (sst accuracy + para accuracy + (sts pearson + 1) / 2) / 3"
     return "mean over tasks of the primary metric, correlations mapped to [0, 1] by (r + 1) / 2"
 
@@ -127,7 +128,7 @@ def overall_formula(tasks) -> str:
 PREDICTION_LAYOUTS = ("csv", "cs224n")
 
 
-def write_predictions(path: Path, ids: list[str], predictions: list, task: str, layout: str = "csv") -> None:
+def write_predictions(path: Path, ids: list[str], predictions: list, spec: TaskSpec, layout: str = "csv") -> None:
     """One row per input row in input order, written atomically. `csv`: `id,prediction`.
 
     `cs224n`: the course leaderboard's own layout, as the CS224N default final project's starter
@@ -137,7 +138,6 @@ def write_predictions(path: Path, ids: list[str], predictions: list, task: str, 
     prediction printed as the numpy value its evaluation.py returns (see TaskSpec.format_cs224n),
     with the id lower-cased and stripped as its loader (datasets.py) reads it. Its test files come
     out in shuffled order; ours keep the input order (the leaderboard matches rows by id)."""
-    spec = TASKS[task]
     if layout not in PREDICTION_LAYOUTS:
         raise ValueError(f"prediction layout {layout!r} is not one of {PREDICTION_LAYOUTS}")
 
@@ -154,5 +154,5 @@ def write_predictions(path: Path, ids: list[str], predictions: list, task: str, 
     atomic_write(path, write)
 
 
-def prediction_path(out_dir: Path, task: str, split: str) -> Path:
-    return Path(out_dir) / f"{TASKS[task].output_prefix}-{split}-output.csv"
+def prediction_path(out_dir: Path, spec: TaskSpec, split: str) -> Path:
+    return Path(out_dir) / f"{spec.output_prefix}-{split}-output.csv"

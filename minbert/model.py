@@ -263,12 +263,6 @@ class BertModel(nn.Module):
         x = self.encoder(x, attn_mask)  # (B, T, H)
         return x, self.pooler(x)
 
-    @classmethod
-    def from_pretrained(cls, checkpoint_dir: str | Path | None = None) -> "BertModel":
-        from minbert.checkpoint import load_pretrained
-
-        return load_pretrained(checkpoint_dir)
-
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Average of the token vectors that are not padding (Reimers and Gurevych 2019)."""

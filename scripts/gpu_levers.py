@@ -47,7 +47,7 @@ LONG = {"best_curriculum": ["--data.phrase_min_words=3", f"--train.phases=[{PH},
                             "--model.symmetric_predict=true"]}  # fmt: skip
 SEEDS = [11711, 11712, 11713]
 # Dev scores of a run with symmetric prediction (argv: run directory, config overrides).
-SYMMETRIC = ("import json, sys; from minbert.train import predict_checkpoint; "
+SYMMETRIC = ("import json, sys; from minbert.runs import predict_checkpoint; "
              "print(json.dumps(predict_checkpoint(sys.argv[1], sys.argv[2:] + ['model.symmetric_predict=true'])))")
 KEEP = (".csv", ".json", ".jsonl", ".yaml", ".log")  # what runs.tar.gz keeps of a run directory
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from minbert.checkpoint import default_checkpoint_dir
-from minbert.data import default_data_dir
+from minbert.tasks.data import default_data_dir
 
 DATA_FILES = [
     "ids-sst-train.csv", "ids-sst-dev.csv", "ids-sst-test-student.csv",
@@ -125,13 +125,13 @@ TINY_RUN_VARIANTS = {
 def train_tiny_run(out: Path, tiny_checkpoint: Path, small_data_dir: Path, extra: list[str]) -> Path:
     """A one-epoch run of the tiny checkpoint on the small data into `out`, with `extra` overrides."""
     from minbert.config import load_config
-    from minbert.train import train
+    from minbert.training import TrainOptions, train
 
     cfg = load_config(None, [
         f"model.checkpoint={tiny_checkpoint}", f"data.dir={small_data_dir}", f"data.cache_dir={out.parent / 'cache'}",
         "train.batch_size=8", "train.eval_batch_size=16", "train.threads=1", "train.phases=[{epochs: 1, lr: 1e-3}]",
         *extra])  # fmt: skip
-    train(cfg, out, progress=False)
+    train(cfg, out, TrainOptions(progress=False))
     return out
 
 

@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from minbert.data import DataError, length_bucketed_batches, pad_batch, read_table, resolve_data_dir
-from minbert.tasks import TASKS
+from minbert.tasks.data import DataError, length_bucketed_batches, pad_batch, read_table, resolve_data_dir
+from minbert.tasks import BUILTIN
 
 # Row counts from ../shared/data/README.md.
 COUNTS = {
@@ -18,7 +18,7 @@ COUNTS = {
 
 @pytest.mark.parametrize("task, split", sorted(COUNTS))
 def test_shared_files_parse_to_documented_counts(data_dir, task, split):
-    result = TASKS[task].read(data_dir, split)
+    result = BUILTIN[task].read(data_dir, split)
     assert len(result.examples) == COUNTS[task, split]
     assert result.skipped == 0
     labels = [e.label for e in result.examples]
@@ -33,7 +33,7 @@ def test_shared_files_parse_to_documented_counts(data_dir, task, split):
 
 
 def test_sst_test_file_odd_header(data_dir):
-    first = TASKS["sst"].read(data_dir, "test").examples[0]
+    first = BUILTIN["sst"].read(data_dir, "test").examples[0]
     assert first.id == "b7573736a6ddf7be102b7fee0"
     assert first.texts == ("Effective but too-tepid biopic",)
 
@@ -45,7 +45,7 @@ def test_cfimdb_reads_as_binary_sentiment(data_dir):
 
 
 def test_csv_quoting_is_undone(data_dir):
-    texts = [t for e in TASKS["para"].read(data_dir, "test").examples for t in e.texts]
+    texts = [t for e in BUILTIN["para"].read(data_dir, "test").examples for t in e.texts]
     assert any('"the"' in t for t in texts)  # CSV-quoted field with doubled quotes inside
 
 
@@ -72,7 +72,7 @@ def write(tmp_path, body: str, name="ids-sst-train.csv"):
 def test_malformed_rows_name_file_line_and_reason(tmp_path, body, line, reason):
     path = write(tmp_path, body)
     with pytest.raises(DataError) as err:
-        TASKS["sst"].read(tmp_path, "train")
+        BUILTIN["sst"].read(tmp_path, "train")
     assert str(err.value).startswith(f"{path}:{line}: {reason}")
     assert err.value.line == line
 
@@ -80,15 +80,15 @@ def test_malformed_rows_name_file_line_and_reason(tmp_path, body, line, reason):
 def test_bad_similarity_and_paraphrase_labels(tmp_path):
     write(tmp_path, "\tid\tsentence1\tsentence2\tsimilarity\n0\ta\tx\ty\t5.5\n", "sts-train.csv")
     with pytest.raises(DataError, match=r"sts-train.csv:2: bad similarity '5.5'"):
-        TASKS["sts"].read(tmp_path, "train")
+        BUILTIN["sts"].read(tmp_path, "train")
     write(tmp_path, "\tid\tsentence1\tsentence2\tis_duplicate\n0\ta\tx\ty\tyes\n", "quora-train.csv")
     with pytest.raises(DataError, match=r"quora-train.csv:2: bad is_duplicate 'yes'"):
-        TASKS["para"].read(tmp_path, "train")
+        BUILTIN["para"].read(tmp_path, "train")
 
 
 def test_skip_bad_rows_counts_them(tmp_path):
     write(tmp_path, SST_HEADER + "0\ta1\tgood\t3\n1\ta2\tbad\t9\n2\ta3\t\t1\n3\ta4\tfine\t0\n")
-    result = TASKS["sst"].read(tmp_path, "train", skip_bad_rows=True)
+    result = BUILTIN["sst"].read(tmp_path, "train", skip_bad_rows=True)
     assert [e.id for e in result.examples] == ["a1", "a4"]
     assert result.skipped == 2
     assert result.skipped_rows == [(3, "bad sentiment '9': expected an integer 0-4"), (4, "empty sentence")]
@@ -99,15 +99,15 @@ def test_a_quoted_field_cannot_span_lines(tmp_path):
     numbers are physical lines."""
     path = write(tmp_path, SST_HEADER + '0\ta1\t"two\nlines"\t3\n1\ta2\tx\t4\n')
     with pytest.raises(DataError, match=f"{path}:2: unbalanced quote"):
-        TASKS["sst"].read(tmp_path, "train")
-    result = TASKS["sst"].read(tmp_path, "train", skip_bad_rows=True)
+        BUILTIN["sst"].read(tmp_path, "train")
+    result = BUILTIN["sst"].read(tmp_path, "train", skip_bad_rows=True)
     assert [e.id for e in result.examples] == ["a2"]
     assert [line for line, _ in result.skipped_rows] == [2, 3]
 
 
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(DataError, match="ids-sst-dev.csv: file not found"):
-        TASKS["sst"].read(tmp_path, "dev")
+        BUILTIN["sst"].read(tmp_path, "dev")
     with pytest.raises(DataError, match="does not exist"):
         resolve_data_dir(tmp_path / "nowhere")
 

@@ -23,7 +23,11 @@ from safetensors.torch import load_file, save_file
 
 from minbert import distributed
 from minbert.config import load_config
-from minbert.train import ALL_TASKS, _step_loss, build_model, encode_all, read_all, set_seed, train
+from minbert.runs import build_model, encode_all, read_all
+from minbert.tasks import SEED_TASKS as ALL_TASKS
+from minbert.training import TrainOptions, train
+from minbert.training.loop import step_loss
+from minbert.training.state import Run, set_seed
 
 EPS = torch.finfo(torch.float32).eps
 BATCH = 7  # odd: the two ranks get 4 and 3 examples
@@ -78,7 +82,8 @@ def model_and_data(cfg):
 
 
 def loss_of(net, task, indices, data, cfg) -> torch.Tensor:
-    return _step_loss(net, task, indices, data[task], cfg.train.phases[0], None, cfg, "cpu")
+    model = net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+    return step_loss(Run.bare(cfg, model, data, net), task, indices, cfg.train.phases[0])
 
 
 def grads(model) -> dict[str, torch.Tensor]:
@@ -248,7 +253,7 @@ def test_short_sgd_run_stays_within_its_rounding_bound(two_ranks):
 def _train_worker(rank, world, port, cfg, out) -> None:
     join_group(rank, world, port)
     try:
-        train(cfg, out, progress=False, device="cpu", overwrite=True)  # overwrite: a second attempt (spawn_two)
+        train(cfg, out, TrainOptions(progress=False, device="cpu", overwrite=True))  # overwrite: a second attempt (spawn_two)
     finally:
         dist.destroy_process_group()
 

@@ -11,13 +11,14 @@ from conftest import TINY_RUN_VARIANTS, check_prediction_files, train_tiny_run
 
 from minbert import Predictor
 from minbert.cli import main as cli_main
-from minbert.data import DataError
-from minbert.ensemble import combine, load_soft_labels, predict_ensemble
+from minbert.tasks.data import DataError
+from minbert.inference.ensemble import combine, predict_ensemble
+from minbert.tasks.data import load_soft_labels, soft_labels_path, write_soft_labels
 from minbert.evaluation import dev_scores, predict_soft
 from minbert.inference.predictor import split_inputs
-from minbert.run_state import load_checkpoint, save_checkpoint
-from minbert.tasks import TASKS, head_task
-from minbert.train import encode_all, load_trained, read_all
+from minbert.run_files import load_checkpoint, save_checkpoint
+from minbert.tasks import BUILTIN, TaskSet, head_task
+from minbert.runs import encode_all, load_trained, read_all
 
 SEED = ("sst", "para", "sts")
 SOFT_TASKS = (*SEED, "sst_phrases")  # the train-only phrases, by the SST head
@@ -46,18 +47,18 @@ def test_pseudo_logits_decide_as_the_averaged_soft_predictions():
     sst = [torch.randn(50, 5) * 3 for _ in range(3)] + [torch.full((50, 5), -1e4)]  # an overconfident member too
     sst[-1][:, 0] = 1e4
     mean_p = torch.stack([o.softmax(-1) for o in sst]).mean(0)
-    assert torch.equal(combine("sst", sst).argmax(-1), mean_p.argmax(-1))
-    torch.testing.assert_close(combine("sst", sst).softmax(-1), mean_p)
+    assert torch.equal(combine(BUILTIN["sst"], sst).argmax(-1), mean_p.argmax(-1))
+    torch.testing.assert_close(combine(BUILTIN["sst"], sst).softmax(-1), mean_p)
     para = [torch.randn(50) * 3 for _ in range(3)] + [torch.full((50,), 1e4)]
     mean_p = torch.stack([o.sigmoid() for o in para]).mean(0)
-    assert torch.equal(TASKS["para"].predict(combine("para", para)), (mean_p > 0.5).long())
-    torch.testing.assert_close(combine("para", para).sigmoid(), mean_p)
+    assert torch.equal(BUILTIN["para"].predict(combine(BUILTIN["para"], para)), (mean_p > 0.5).long())
+    torch.testing.assert_close(combine(BUILTIN["para"], para).sigmoid(), mean_p)
     sts = [torch.rand(50) * 5 for _ in range(3)]
-    torch.testing.assert_close(combine("sts", sts), torch.stack(sts).mean(0))
+    torch.testing.assert_close(combine(BUILTIN["sts"], sts), torch.stack(sts).mean(0))
     for task, outputs in (("sst", sst), ("para", para), ("sts", sts)):
-        assert torch.isfinite(combine(task, outputs)).all()
+        assert torch.isfinite(combine(BUILTIN[task], outputs)).all()
         for member in outputs:  # one member decides as it does alone
-            assert torch.equal(TASKS[task].predict(combine(task, [member])), TASKS[task].predict(member)), task
+            assert torch.equal(BUILTIN[task].predict(combine(BUILTIN[task], [member])), BUILTIN[task].predict(member)), task
 
 
 def test_one_member_is_its_run(tiny_runs, tmp_path):
@@ -108,19 +109,42 @@ def test_two_members_average_as_by_hand(pair_dir, cross_runs, small_data_dir):
 
 
 def test_a_run_distils_from_the_soft_labels(pair_dir, tiny_checkpoint, small_data_dir, tmp_path):
-    extra = [*TINY_RUN_VARIANTS["cross"], f"train.distill_from={pair_dir}",
-             f"train.phases=[{{epochs: 1, lr: 1e-3, tasks: [{', '.join(SOFT_TASKS)}]}}]"]  # fmt: skip
-    run = train_tiny_run(tmp_path / "student", tiny_checkpoint, small_data_dir, extra)
+    """A run trains on the ensemble's soft labels; and a student of a teacher that is sure of one
+    answer (SST class 0, every pair a paraphrase, every STS score 5) moves toward it: its training-set
+    predictions lean further that way than the same run's without the teacher."""
+    phases = f"train.phases=[{{epochs: 1, lr: 1e-3, tasks: [{', '.join(SOFT_TASKS)}]}}]"
+    run = train_tiny_run(tmp_path / "student", tiny_checkpoint, small_data_dir,
+                         [*TINY_RUN_VARIANTS["cross"], f"train.distill_from={pair_dir}", phases])  # fmt: skip
     assert set(json.loads((run / "metrics.json").read_text())) >= {"sst", "para", "sts", "overall"}
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    sure = {"sst": lambda n: torch.eye(5)[[0] * n], "para": lambda n: torch.ones(n), "sts": lambda n: torch.full((n,), 5.0)}
+    for task, make in sure.items():
+        ids = [json.loads(line)["id"] for line in (pair_dir / f"train-soft-{task}.jsonl").read_text().splitlines()]
+        write_soft_labels(soft_labels_path(teacher, task), ids, make(len(ids)))
+    runs = {w: train_tiny_run(tmp_path / f"w{w}", tiny_checkpoint, small_data_dir,
+                              [*TINY_RUN_VARIANTS["cross"], f"train.distill_from={teacher}", f"train.distill_weight={w}",
+                               phases])  # fmt: skip
+            for w in (0, 1)}  # 0: the soft labels are read but weigh nothing, so the run is the plain one
+    lean = {}
+    for w, run_dir in runs.items():
+        model, tokenizer, cfg = load_trained(run_dir)
+        train = encode_all(read_all(cfg, {"train": SEED}), tokenizer, cfg)["train"]
+        for task in SEED:
+            _, soft = predict_soft(model, task, train[task], cfg.train.eval_batch_size)
+            soft = torch.tensor(soft)
+            lean[w, task] = (soft[:, 0] if task == "sst" else soft).mean().item()  # P(class 0), P(paraphrase), score
+    for task in SEED:
+        assert lean[1, task] > lean[0, task], (task, lean)
 
 
 def test_predictor_on_an_ensemble_dir(pair_dir, small_data_dir, capsys):
     p = Predictor.load(pair_dir)
-    dev = split_inputs(small_data_dir, "dev")
+    dev = split_inputs(small_data_dir, TaskSet.seed(), "dev")
     rows = (pair_dir / "sst-dev-output.csv").read_text().splitlines()[1:]
     assert [str(s.label) for s in p.sentiment(dev["sst"])] == [r.split(",")[1] for r in rows]
     rows = (pair_dir / "para-dev-output.csv").read_text().splitlines()[1:]
-    assert [str(int(r.is_paraphrase)) for r in p.paraphrase(dev["para"])] == [r.split(",")[1] for r in rows]
+    assert [str(int(r.positive)) for r in p.paraphrase(dev["para"])] == [r.split(",")[1] for r in rows]
     metrics = json.loads((pair_dir / "metrics.json").read_text())
     assert p.dev_scores == {k: v for k, v in metrics.items() if k not in ("overall_formula", "members")}
     with pytest.raises(ValueError, match="torch backend only"):

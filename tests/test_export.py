@@ -10,11 +10,12 @@ import torch
 
 from minbert import Predictor
 from minbert.cli import main as cli_main
-from minbert.data import Example
-from minbert.inference.export import MANIFEST, export_checkpoint
+from minbert.tasks.data import Example
+from minbert.inference.export import export_checkpoint
+from minbert.inference.manifest import MANIFEST
 from minbert.inference.predictor import split_inputs
-from minbert.multitask import EncodedTask
-from minbert.tasks import TASKS
+from minbert.tasks.encoding import EncodedTask
+from minbert.tasks import BUILTIN, TaskSet
 
 TEXTS = ["A man plays a guitar.", "dull", "", "the movie was a triumph, " * 30]
 
@@ -33,7 +34,7 @@ def hf_exports(runs, tmp_path_factory):
 
 
 def encode(predictor, texts):
-    data = EncodedTask(TASKS["sst"], [Example(str(i), (t,), None) for i, t in enumerate(texts)], predictor.tokenizer,
+    data = EncodedTask(BUILTIN["sst"], [Example(str(i), (t,), None) for i, t in enumerate(texts)], predictor.tokenizer,
                        "siamese", predictor.model_cfg.max_length)  # fmt: skip
     return data.batch(list(range(len(texts))))
 
@@ -63,7 +64,7 @@ def test_predictor_from_the_export_alone(runs, hf_exports, small_data_dir, tmp_p
         manifest["config"]["model"]["checkpoint"] = str(tmp_path / "no-such-checkpoint")
         (moved / MANIFEST).write_text(json.dumps(manifest))
         exported, original = Predictor.load(moved), Predictor.load(runs[name])
-        for task, inputs in split_inputs(small_data_dir, "dev").items():
+        for task, inputs in split_inputs(small_data_dir, TaskSet.seed(), "dev").items():
             assert exported.predict(task, inputs).results == original.predict(task, inputs).results, (name, task)
 
 
@@ -90,14 +91,14 @@ def test_onnx_graphs_agree_with_pytorch(runs, small_data_dir, tmp_path):
         assert {"sst.onnx", "para.onnx", "sts.onnx", MANIFEST, "vocab.txt"} <= {p.name for p in out.iterdir()}
         assert report["int8"]["examples"] == report["examples"]  # the int8 graphs, compared (not required to agree)
         onnx, torch_ = Predictor.load(out, backend="onnx", batch_size=5), Predictor.load(run)
-        for task, inputs in split_inputs(small_data_dir, "dev").items():  # batches of 5: many batch sizes and lengths
+        for task, inputs in split_inputs(small_data_dir, TaskSet.seed(), "dev").items():  # batches of 5: many batch sizes and lengths
             a, b = onnx.predict(task, inputs).results, torch_.predict(task, inputs).results
             if task == "sst":
                 assert [r.label for r in a] == [r.label for r in b]
                 torch.testing.assert_close(torch.tensor([r.probabilities for r in a]),
                                            torch.tensor([r.probabilities for r in b]), atol=1e-5, rtol=0)
             elif task == "para":
-                assert [r.is_paraphrase for r in a] == [r.is_paraphrase for r in b]
+                assert [r.positive for r in a] == [r.positive for r in b]
             else:
                 assert a == pytest.approx(b, abs=1e-4)
         assert onnx.sentiment(["", "word " * 300]) and onnx.similarity([("", "x")])  # empty and over-long
@@ -141,7 +142,7 @@ def test_int8_graphs_hold_int8_weights(runs, small_data_dir, tmp_path):
         assert sum(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2 for t in int8.initializer) == len(weighted)
     int8, fp32 = Predictor.load(out, backend="int8"), Predictor.load(runs["cross"])
     assert int8.backend.precision == "int8"
-    inputs = split_inputs(small_data_dir, "dev")["sts"]
+    inputs = split_inputs(small_data_dir, TaskSet.seed(), "dev")["sts"]
     a, b = int8.predict("sts", inputs).results, fp32.predict("sts", inputs).results
     assert max(abs(x - y) for x, y in zip(a, b)) <= 0.05 * 5  # a few percent of the 0-5 scale
 
@@ -153,7 +154,7 @@ def test_int8_backend_from_exports_without_int8_graphs(runs, small_data_dir, tmp
     onnx_dir, hf_dir = tmp_path / "onnx", tmp_path / "hf"
     export_checkpoint(runs["cross"], onnx_dir, "onnx", check=False)
     export_checkpoint(runs["cross"], hf_dir, "hf")
-    inputs = split_inputs(small_data_dir, "dev")["sst"]
+    inputs = split_inputs(small_data_dir, TaskSet.seed(), "dev")["sst"]
     written = Predictor.load(onnx_dir, backend="int8").predict("sst", inputs).results
     for path in onnx_dir.glob("*.int8.onnx"):
         path.unlink()

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from minbert.config import load_config
-from minbert.features import FrozenFeatures
-from minbert.train import build_model, encode_all, read_all, train
+from minbert.training.features import FrozenFeatures
+from minbert.runs import build_model, encode_all, read_all
+from minbert.training import TrainOptions, train
 
 
 def frozen_config(checkpoint, data_dir, cache_dir, *extra):
@@ -47,9 +48,8 @@ def test_cache_reused_then_invalidated(tiny_checkpoint, small_data_dir, tmp_path
 
 
 def test_cached_training_equals_uncached(tiny_checkpoint, small_data_dir, tmp_path):
-    cached = train(frozen_config(tiny_checkpoint, small_data_dir, tmp_path / "c"), tmp_path / "cached", progress=False)
-    plain = train(frozen_config(tiny_checkpoint, small_data_dir, tmp_path / "c", "train.cache_features=false"),
-                  tmp_path / "plain", progress=False)  # fmt: skip
+    cached = train(frozen_config(tiny_checkpoint, small_data_dir, tmp_path / "c"), tmp_path / "cached", TrainOptions(progress=False))
+    plain = train(frozen_config(tiny_checkpoint, small_data_dir, tmp_path / "c", "train.cache_features=false"), tmp_path / "plain", TrainOptions(progress=False))  # fmt: skip
     for key in ("sst", "para", "sts"):
         assert cached[key] == pytest.approx(plain[key], abs=1e-3)
     for name in ("sst-dev-output.csv", "para-test-output.csv", "sts-test-output.csv"):
@@ -61,7 +61,7 @@ def test_cached_training_equals_uncached(tiny_checkpoint, small_data_dir, tmp_pa
         else:
             assert a == b
     # the encoder did not move
-    from minbert.run_state import load_checkpoint
+    from minbert.run_files import load_checkpoint
 
     enc = load_checkpoint(tmp_path / "cached").model
     from minbert.checkpoint import load_pretrained

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minbert.heads import CosineSimilarityHead, CrossPairHead, LinearClassifier, SentimentMLP, SiamesePairHead
-from minbert.tasks import TASKS
+from minbert.tasks.heads import CosineSimilarityHead, CrossPairHead, LinearClassifier, SentimentMLP, SiamesePairHead
+from minbert.tasks import BUILTIN
 
 
 def test_sentiment_mlp_layout_and_shape():
@@ -45,14 +45,14 @@ def test_cosine_head_maps_onto_0_5():
 
 def test_losses_match_torch():
     logits, y = torch.tensor([[2.0, 0.0, 0.0, 0.0, 0.0]]), torch.tensor([0])
-    assert TASKS["sst"].loss(logits, y).item() == pytest.approx(F.cross_entropy(logits, y).item())
+    assert BUILTIN["sst"].loss(logits, y).item() == pytest.approx(F.cross_entropy(logits, y).item())
     logit, t = torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0])
     expected = -(torch.log(torch.sigmoid(torch.tensor(0.0))) + torch.log(1 - torch.sigmoid(torch.tensor(2.0)))) / 2
-    assert TASKS["para"].loss(logit, t).item() == pytest.approx(expected.item(), rel=1e-6)
-    assert TASKS["sts"].loss(torch.tensor([1.0, 4.0]), torch.tensor([2.0, 4.0])).item() == pytest.approx(0.5)
+    assert BUILTIN["para"].loss(logit, t).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert BUILTIN["sts"].loss(torch.tensor([1.0, 4.0]), torch.tensor([2.0, 4.0])).item() == pytest.approx(0.5)
 
 
 def test_predictions():
-    assert TASKS["sst"].predict(torch.tensor([[0.1, 3.0, 0, 0, 0]])).tolist() == [1]
-    assert TASKS["para"].predict(torch.tensor([-0.5, 0.5])).tolist() == [0, 1]
-    assert TASKS["sts"].format_prediction(3.14159) == "3.1416"
+    assert BUILTIN["sst"].predict(torch.tensor([[0.1, 3.0, 0, 0, 0]])).tolist() == [1]
+    assert BUILTIN["para"].predict(torch.tensor([-0.5, 0.5])).tolist() == [0, 1]
+    assert BUILTIN["sts"].format_prediction(3.14159) == "3.1416"

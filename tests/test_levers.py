@@ -7,7 +7,11 @@ import json
 import pytest
 import torch
 
-from minbert.train import _step_loss, build_model, disagreement, distill_loss, encode_all, read_all, train
+from minbert.runs import build_model, encode_all, predict_checkpoint, read_all
+from minbert.tasks.losses import disagreement, distill_loss
+from minbert.training import TrainOptions, train
+from minbert.training.loop import step_loss
+from minbert.training.state import Run
 from test_train import tiny_config
 
 
@@ -25,7 +29,7 @@ def setup(tiny_checkpoint, small_data_dir, tmp_path):
 
 
 def loss_of(cfg, model, data, task, indices=(0, 1, 2, 3), step=0):
-    return _step_loss(model, task, list(indices), data[task], cfg.train.phases[0], None, cfg, "cpu", step)
+    return step_loss(Run.bare(cfg, model, data, step=step), task, list(indices), cfg.train.phases[0])
 
 
 def test_disagreement_is_zero_for_equal_outputs_and_positive_otherwise():
@@ -132,8 +136,22 @@ def test_a_run_with_every_lever(tiny_checkpoint, small_data_dir, tmp_path):
                       "train.loss_weights={sst_phrases: 0.5}", "data.phrase_min_words=2", "train.predict_test=false",
                       "train.phases=[{name: phrases, tasks: [sst_phrases], epochs: 1, steps_per_epoch: 4, lr: 1e-3},"
                       " {name: rr, tasks: [sst, para, sts], epochs: 1, lr: 1e-3}]")  # fmt: skip
-    scores = train(cfg, tmp_path / "run", progress=False)
+    scores = train(cfg, tmp_path / "run", TrainOptions(progress=False))
     steps = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
     assert [s["task"] for s in steps[:4]] == ["sst_phrases"] * 4 and steps[4]["task"] == "sst"
     assert set(scores) >= {"sst", "para", "sts", "overall"}
     assert (tmp_path / "run" / "sts-dev-output.csv").exists()
+    # Each lever acted. The same run without them: its first step (same weights, batch and
+    # dropout) has twice the phrase loss (loss weight 0.5); its later steps differ (R-Drop, swaps).
+    plain = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "model.pair_encoding=cross", "model.pooling=mean",
+                        "data.phrase_min_words=2", "train.predict_test=false",
+                        "train.phases=[{name: phrases, tasks: [sst_phrases], epochs: 1, steps_per_epoch: 4, lr: 1e-3},"
+                        " {name: rr, tasks: [sst, para, sts], epochs: 1, lr: 1e-3}]")  # fmt: skip
+    train(plain, tmp_path / "plain", TrainOptions(progress=False))
+    plain_steps = [json.loads(line) for line in (tmp_path / "plain" / "steps.jsonl").read_text().splitlines()]
+    assert steps[0]["loss"] == pytest.approx(0.5 * plain_steps[0]["loss"], abs=2e-5)  # logged to 5 decimals
+    assert [s["loss"] for s in steps[4:]] != [s["loss"] for s in plain_steps[4:]]
+    # symmetric prediction: scoring the same weights in one order only gives other STS scores
+    one_order = predict_checkpoint(tmp_path / "run", ["model.symmetric_predict=false"], tmp_path / "one_order")
+    assert (tmp_path / "one_order" / "sts-dev-output.csv").read_text() != (tmp_path / "run" / "sts-dev-output.csv").read_text()
+    assert one_order["sts"] != scores["sts"]

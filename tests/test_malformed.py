@@ -10,9 +10,9 @@ import pytest
 
 from minbert.cli import main as cli_main
 from minbert.config import load_config
-from minbert.data import DataError
-from minbert.tasks import TASKS
-from minbert.train import read_all
+from minbert.tasks.data import DataError
+from minbert.tasks import BUILTIN
+from minbert.runs import read_all
 
 MALFORMED = Path(__file__).resolve().parent / "malformed"
 
@@ -49,7 +49,7 @@ def data_dir_with(tmp_path: Path, small_data_dir: Path, task: str, split: str, s
     returns the replaced file's path."""
     data = tmp_path / "data"
     shutil.copytree(small_data_dir, data)
-    target = data / TASKS[task].files[split]
+    target = data / BUILTIN[task].files[split]
     target.unlink()
     if source is None:
         target.mkdir()
@@ -78,7 +78,7 @@ def test_reader_names_file_line_and_reason(tmp_path, small_data_dir, name):
     task, split, line, reason = CASES[name]
     target = data_dir_with(tmp_path, small_data_dir, task, split, MALFORMED / name)
     with pytest.raises(DataError) as err:
-        TASKS[task].read(target.parent, split)
+        BUILTIN[task].read(target.parent, split)
     assert (err.value.path, err.value.line) == (str(target), line)
     assert reason in err.value.reason
     assert str(err.value) == (f"{target}:{line}" if line else f"{target}") + f": {err.value.reason}"
@@ -99,13 +99,13 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, small_data_dir, tiny_checkpoi
 def test_the_long_line_is_clipped_in_the_message(tmp_path, small_data_dir):
     target = data_dir_with(tmp_path, small_data_dir, "sst", "train", MALFORMED / "no_newline_long.csv")
     with pytest.raises(DataError, match=r"\.\.\. \(21,\d{3} characters\)"):
-        TASKS["sst"].read(target.parent, "train")
+        BUILTIN["sst"].read(target.parent, "train")
 
 
 def test_a_data_path_that_is_a_directory(tmp_path, small_data_dir, tiny_checkpoint, capsys):
     target = data_dir_with(tmp_path, small_data_dir, "sst", "dev", None)
     with pytest.raises(DataError, match=f"^{target}: is a directory, not a data file$"):
-        TASKS["sst"].read(target.parent, "dev")
+        BUILTIN["sst"].read(target.parent, "dev")
     code, err = train_cli(capsys, target.parent, tiny_checkpoint, tmp_path / "run")
     assert_one_error_line(code, err, f"minbert: error: {target}: is a directory, not a data file")
 
@@ -119,16 +119,16 @@ def test_a_row_over_the_size_limit(tmp_path, small_data_dir):
     source.write_text(header + rows[0] + "\t".join(huge) + "".join(rows[2:]), encoding="utf-8")
     target = data_dir_with(tmp_path, small_data_dir, "sts", "train", source)
     with pytest.raises(DataError) as err:
-        TASKS["sts"].read(target.parent, "train")
+        BUILTIN["sts"].read(target.parent, "train")
     assert err.value.line == 3 and "over the 1,048,576-byte limit of one row" in err.value.reason
     assert len(str(err.value)) < MAX_MESSAGE
-    result = TASKS["sts"].read(target.parent, "train", skip_bad_rows=True)
+    result = BUILTIN["sts"].read(target.parent, "train", skip_bad_rows=True)
     assert len(result.examples) == len(rows) - 1 and [line for line, _ in result.skipped_rows] == [3]
 
 
 def test_invalid_utf8_can_be_skipped(tmp_path, small_data_dir):
     target = data_dir_with(tmp_path, small_data_dir, "sts", "train", MALFORMED / "invalid_utf8.csv")
-    result = TASKS["sts"].read(target.parent, "train", skip_bad_rows=True)
+    result = BUILTIN["sts"].read(target.parent, "train", skip_bad_rows=True)
     assert len(result.examples) == 5
     assert result.skipped_rows == [(5, "invalid UTF-8: byte 0xe9 at byte 57 of the line (invalid continuation byte)")]
 
@@ -136,7 +136,7 @@ def test_invalid_utf8_can_be_skipped(tmp_path, small_data_dir):
 def test_a_test_file_never_loses_a_row(tmp_path, small_data_dir, tiny_checkpoint, capsys):
     target = data_dir_with(tmp_path, small_data_dir, "para", "test", MALFORMED / "empty_text.csv")
     with pytest.raises(DataError, match=f"^{target}:4: empty sentence2 .*never skipped: each needs a prediction"):
-        TASKS["para"].read(target.parent, "test", skip_bad_rows=True)
+        BUILTIN["para"].read(target.parent, "test", skip_bad_rows=True)
     code, err = train_cli(capsys, target.parent, tiny_checkpoint, tmp_path / "run", "--data.skip_bad_rows=true")
     assert_one_error_line(code, err, f"minbert: error: {target}:4: empty sentence2 (a test file's rows are never")
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
-from minbert.metrics import DivergedError, accuracy, overall_score, pearson
+from minbert.tasks.metrics import DivergedError, accuracy, overall_score, pearson
 
 
 def test_accuracy_against_numpy():

@@ -1,6 +1,6 @@
 import torch
 
-from minbert.mlm import IGNORE, MaskedLMHead, mask_tokens
+from minbert.training.mlm import IGNORE, MaskedLMHead, mask_tokens
 from minbert.model import BertConfig, BertModel
 
 

@@ -4,12 +4,14 @@ import pytest
 import torch
 
 from minbert.config import ModelConfig, PhaseConfig
-from minbert.data import Example
+from minbert.tasks.data import Example
 from minbert.model import BertConfig, BertModel
-from minbert.multitask import EncodedTask, MultitaskBert
-from minbert.tasks import TASKS
+from minbert.multitask import MultitaskBert
+from minbert.tasks.encoding import EncodedTask
+from minbert.tasks import BUILTIN
 from minbert.tokenizer import WordPieceTokenizer
-from minbert.train import cosent_loss, layer_id, lr_lambda, make_optimizer
+from minbert.tasks.losses import cosent_loss
+from minbert.training.loop import layer_id, lr_lambda, make_optimizer
 
 PAIRS = [Example("p1", ("How do I cook rice?", "What is the way to cook rice?"), 1.0),
          Example("p2", ("Is the sky blue?", "Why?"), 0.0)]  # fmt: skip
@@ -27,7 +29,7 @@ def small_model(**model_cfg) -> MultitaskBert:
 
 
 def test_cross_encoder_sees_segments_0_and_1(tokenizer):
-    data = EncodedTask(TASKS["para"], PAIRS, tokenizer, pair_encoding="cross")
+    data = EncodedTask(BUILTIN["para"], PAIRS, tokenizer, pair_encoding="cross")
     batch = data.batch([0, 1])
     assert batch.input_ids.shape[0] == 2 and not batch.siamese
     ids, types, mask = batch.input_ids[1], batch.token_type_ids[1], batch.attention_mask[1]
@@ -40,7 +42,7 @@ def test_cross_encoder_sees_segments_0_and_1(tokenizer):
 
 
 def test_siamese_batch_stacks_both_sides(tokenizer):
-    data = EncodedTask(TASKS["sts"], [Example(e.id, e.texts, 3.0) for e in PAIRS], tokenizer)
+    data = EncodedTask(BUILTIN["sts"], [Example(e.id, e.texts, 3.0) for e in PAIRS], tokenizer)
     batch = data.batch([0, 1])
     assert batch.siamese and batch.input_ids.shape[0] == 4 and batch.token_type_ids is None
     assert batch.input_ids[2, : len(data.sides[1][0])].tolist() == data.sides[1][0]
@@ -51,7 +53,7 @@ def test_siamese_batch_stacks_both_sides(tokenizer):
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_pooling_options(tokenizer, pooling):
-    data = EncodedTask(TASKS["sst"], [Example("s", ("a fine film",), 3), Example("t", ("bad",), 0)], tokenizer)
+    data = EncodedTask(BUILTIN["sst"], [Example("s", ("a fine film",), 3), Example("t", ("bad",), 0)], tokenizer)
     model = small_model(pooling=pooling).eval()
     batch = data.batch([0, 1])
     vectors = model.embed(batch)

@@ -1,7 +1,7 @@
 import pytest
 
-from minbert.data import DataError, Example
-from minbert.phrases import parse_tree, phrase_examples, phrases
+from minbert.tasks.data import DataError, Example
+from minbert.tasks.phrases import parse_tree, phrase_examples, phrases
 
 
 def test_phrase_spans_and_labels():
@@ -30,9 +30,9 @@ def test_bad_tree_names_file_and_line(tmp_path):
 
 
 def test_shared_training_trees(data_dir):
-    from minbert.tasks import TASKS
+    from minbert.tasks import BUILTIN
 
-    sentences = TASKS["sst"].read(data_dir, "train").examples
+    sentences = BUILTIN["sst"].read(data_dir, "train").examples
     extra = phrase_examples(data_dir / "sst-trees-train.txt", sentences)
     assert len(extra) > 100_000
     assert {e.label for e in extra} == {0, 1, 2, 3, 4}
@@ -42,7 +42,7 @@ def test_shared_training_trees(data_dir):
 def test_train_cap_counts_phrases(data_dir):
     """data.max_train_examples caps SST training examples with the phrases included."""
     from minbert.config import load_config
-    from minbert.train import read_all
+    from minbert.runs import read_all
 
     cfg = load_config(None, [f"data.dir={data_dir}", "data.sst_phrases=true", "data.max_train_examples=500"])
     sst = read_all(cfg, {"train": ("sst",)})["train"]["sst"]
@@ -63,8 +63,8 @@ def test_min_words_keeps_ids(tmp_path):
 def test_phrases_as_their_own_training_task(small_data_dir, tmp_path):
     """sst_phrases: the phrases alone, read as a train-only task that uses the sst spec."""
     from minbert.config import load_config
-    from minbert.tasks import TASKS, head_task
-    from minbert.train import needed_splits, read_all
+    from minbert.tasks import BUILTIN, head_task
+    from minbert.runs import needed_splits, read_all
 
     cfg = load_config(None, [f"data.dir={small_data_dir}", "data.phrase_min_words=3",
                              "train.phases=[{tasks: [sst_phrases], epochs: 1}, {tasks: [sst, para], epochs: 1}]"])  # fmt: skip
@@ -73,4 +73,4 @@ def test_phrases_as_their_own_training_task(small_data_dir, tmp_path):
     assert train["sst_phrases"] and all(e.id.startswith("phrase-") for e in train["sst_phrases"])
     assert all(len(e.texts[0].split(" ")) >= 3 for e in train["sst_phrases"])
     assert not any(e.id.startswith("phrase-") for e in train["sst"])
-    assert TASKS[head_task("sst_phrases")] is TASKS["sst"]
+    assert BUILTIN[head_task("sst_phrases")] is BUILTIN["sst"]

@@ -11,7 +11,7 @@ from minbert.config import load_config
 from minbert.reports import plots
 from minbert.reports.plots import (confusion_matrix, curve_data, draw_curves, draw_or_explain, rolling_mean,
                                    row_normalised, smoothing_window, threshold_accuracy)  # fmt: skip
-from minbert.train import train
+from minbert.training import TrainOptions, train
 
 PICTURES = ("sst-confusion.png", "sts-scatter.png", "para-threshold.png")
 
@@ -39,7 +39,7 @@ def assert_png(path, width=None, height=None):
 
 def test_train_draws_curves_and_evaluate_draws_dev_pictures(tiny_checkpoint, small_data_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    train(tiny_config(tiny_checkpoint, small_data_dir, tmp_path), out, progress=False)
+    train(tiny_config(tiny_checkpoint, small_data_dir, tmp_path), out, TrainOptions(progress=False))
     assert_png(out / "curves.png", 1575, 780)  # 10.5 x 5.2 inches at 150 dpi
     c = curve_data(out)
     assert [(p.name, p.start) for p in c.phases] == [("rr", 0), ("sst_only", c.phases[0].end)]
@@ -82,7 +82,7 @@ def test_one_epoch_run_and_a_missing_matplotlib(tiny_checkpoint, small_data_dir,
     one_epoch = "train.phases=[{tasks: [sst, para, sts], epochs: 1, lr: 1e-3}]"
     cfg = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, one_epoch)
     out = tmp_path / "run"
-    scores = train(cfg, out, progress=False)  # the picture is not drawn; the run is not failed
+    scores = train(cfg, out, TrainOptions(progress=False))  # the picture is not drawn; the run is not failed
     assert "overall" in scores and (out / "metrics.json").exists() and not (out / "curves.png").exists()
     assert "curves.png: not drawn, matplotlib is not installed" in capsys.readouterr().out
     assert cli_main(["plot", str(out)]) == 1
@@ -101,7 +101,7 @@ def test_resumed_run_with_tensorboard(tiny_checkpoint, small_data_dir, tmp_path)
     cfg = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.tensorboard=true",
                       "train.checkpoint_every_steps=5")
     out = tmp_path / "run"
-    train(cfg, out, progress=False, stop_after_epochs=1)
+    train(cfg, out, TrainOptions(progress=False, stop_after_epochs=1))
     assert_png(draw_curves(out))  # an unfinished run draws too
     # As if killed after logging steps past its checkpoint: the resumed run hides them.
     with (out / "steps.jsonl").open("a") as f:
@@ -110,7 +110,7 @@ def test_resumed_run_with_tensorboard(tiny_checkpoint, small_data_dir, tmp_path)
 
     with SummaryWriter(str(out / "tensorboard")) as stale:
         stale.add_scalar("train_loss/sst", 9.0, 10_000)
-    train(cfg, out, progress=False, resume=True)  # cuts the log back to the checkpoint, then goes on
+    train(cfg, out, TrainOptions(progress=False, resume=True))  # cuts the log back to the checkpoint, then goes on
     assert_png(out / "curves.png")
     c = curve_data(out)
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
@@ -130,8 +130,10 @@ def test_resumed_run_with_tensorboard(tiny_checkpoint, small_data_dir, tmp_path)
     assert dev == [(r["step"], pytest.approx(r["dev"]["overall"], abs=1e-5)) for r in epochs]
 
 
-def test_tensorboard_off_by_default():
+def test_tensorboard_off_by_default(tiny_runs):
     assert load_config(None, []).train.tensorboard is False
+    for run in tiny_runs.values():  # runs without the switch write no TensorBoard files
+        assert (run / "steps.jsonl").is_file() and not (run / "tensorboard").exists()
 
 
 def test_curve_data_phases_and_a_step_logged_twice(tmp_path):

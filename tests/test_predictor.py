@@ -11,10 +11,10 @@ import math
 import pytest
 import torch
 
-from minbert import Paraphrase, Predictor, Sentiment
+from minbert import Binary, Classification, Predictor
 from minbert.cli import main as cli_main
 from minbert.inference.predictor import split_inputs
-from minbert.tasks import PARAPHRASE_THRESHOLD, SST_LABEL_NAMES, TASKS
+from minbert.tasks import BUILTIN, PARAPHRASE_THRESHOLD, SST_LABEL_NAMES, TaskSet
 
 
 @pytest.fixture(params=["cross", "siamese"])
@@ -32,13 +32,13 @@ def as_file_values(task, results):
     if task == "sst":
         return [str(r.label) for r in results]
     if task == "para":
-        return [str(int(r.is_paraphrase)) for r in results]
-    return [TASKS["sts"].format_prediction(r) for r in results]
+        return [str(int(r.positive)) for r in results]
+    return [BUILTIN["sts"].format_prediction(r) for r in results]
 
 
 def test_dev_predictions_equal_the_run_files(run_dir, small_data_dir):
     predictor = Predictor.load(run_dir)
-    for task, inputs in split_inputs(small_data_dir, "dev").items():
+    for task, inputs in split_inputs(small_data_dir, TaskSet.seed(), "dev").items():
         rows = read_csv(run_dir / f"{task}-dev-output.csv")[1:]
         assert as_file_values(task, predictor.predict(task, inputs).results) == [r[1] for r in rows], task
 
@@ -46,14 +46,14 @@ def test_dev_predictions_equal_the_run_files(run_dir, small_data_dir):
 def test_the_three_calls(run_dir):
     p = Predictor.load(run_dir / "best.safetensors")
     sentiments = p.sentiment(["the movie was a triumph", "dull"])
-    assert len(sentiments) == 2 and all(isinstance(s, Sentiment) for s in sentiments)
+    assert len(sentiments) == 2 and all(isinstance(s, Classification) for s in sentiments)
     for s in sentiments:
         assert 0 <= s.label <= 4 and s.name == SST_LABEL_NAMES[s.label]
         assert len(s.probabilities) == 5 and math.isclose(sum(s.probabilities), 1.0, abs_tol=1e-5)
         assert s.probabilities[s.label] == max(s.probabilities)
     (para,) = p.paraphrase([("How do I learn Python?", "What is the best way to learn Python?")])
-    assert isinstance(para, Paraphrase) and 0.0 < para.probability < 1.0
-    assert para.is_paraphrase == (para.probability > PARAPHRASE_THRESHOLD) and p.threshold == PARAPHRASE_THRESHOLD
+    assert isinstance(para, Binary) and 0.0 < para.probability < 1.0
+    assert para.positive == (para.probability > PARAPHRASE_THRESHOLD) and p.threshold == PARAPHRASE_THRESHOLD
     (score,) = p.similarity([("A man plays a guitar.", "A person plays music.")])
     assert isinstance(score, float) and 0.0 <= score <= 5.0
 
@@ -61,11 +61,11 @@ def test_the_three_calls(run_dir):
 def test_probabilities_are_softmax_and_sigmoid_of_the_heads(run_dir):
     p = Predictor.load(run_dir)
     model = p.backend.model
-    from minbert.data import Example
-    from minbert.multitask import EncodedTask
+    from minbert.tasks.data import Example
+    from minbert.tasks.encoding import EncodedTask
 
     def raw(task, inputs):
-        data = EncodedTask(TASKS[task], [Example(str(i), t, None) for i, t in enumerate(inputs)], p.tokenizer,
+        data = EncodedTask(BUILTIN[task], [Example(str(i), t, None) for i, t in enumerate(inputs)], p.tokenizer,
                            model.cfg.pair_encoding, model.cfg.max_length)  # fmt: skip
         with torch.inference_mode():
             return model(task, data.batch(list(range(len(inputs)))))
@@ -144,10 +144,10 @@ def test_cli_predict_file(run_dir, tmp_path, fmt, capsys):
     expected = Predictor.load(run_dir).paraphrase(pairs)
     assert [r["id"] for r in records] == ["q0", "q1", "q2"] and [(r["q1"], r["q2"]) for r in records] == pairs
     assert [r["probability"] for r in records] == [e.probability for e in expected]
-    assert [r["is_paraphrase"] for r in records] == [e.is_paraphrase for e in expected]
+    assert [r["positive"] for r in records] == [e.positive for e in expected]
     assert cli_main([*args, "--format", "csv"]) == 0  # to stdout
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert [r["is_paraphrase"] for r in rows] == [str(int(e.is_paraphrase)) for e in expected]
+    assert [r["positive"] for r in rows] == [str(int(e.positive)) for e in expected]
 
 
 def test_cli_predict_stdin_and_sst_columns(run_dir, monkeypatch, capsys):
@@ -212,16 +212,16 @@ def test_int8_backend_runs_int8_graphs_and_stays_close(run_dir, small_data_dir):
     onnxruntime; the head outputs move by no more than int8 rounding of the weights and
     activations allows."""
     pytest.importorskip("onnxruntime")
-    from minbert.data import Example
+    from minbert.tasks.data import Example
     from minbert.inference.onnx_graphs import OnnxBackend
-    from minbert.multitask import EncodedTask
+    from minbert.tasks.encoding import EncodedTask
 
     fp32, int8 = Predictor.load(run_dir), Predictor.load(run_dir, backend="int8")
     assert isinstance(int8.backend, OnnxBackend) and int8.backend.precision == "int8" and int8.backend_name == "int8"
-    assert set(int8.backend.sessions) == set(TASKS)  # loaded up front: the temporary graph files are gone
-    for task, inputs in split_inputs(small_data_dir, "dev").items():
-        examples = [Example(str(i), t if TASKS[task].is_pair else (t,), None) for i, t in enumerate(inputs)]
-        data = EncodedTask(TASKS[task], examples, fp32.tokenizer, fp32.model_cfg.pair_encoding, fp32.model_cfg.max_length)
+    assert set(int8.backend.sessions) == set(fp32.tasks)  # loaded up front: the temporary graph files are gone
+    for task, inputs in split_inputs(small_data_dir, TaskSet.seed(), "dev").items():
+        examples = [Example(str(i), t if BUILTIN[task].is_pair else (t,), None) for i, t in enumerate(inputs)]
+        data = EncodedTask(BUILTIN[task], examples, fp32.tokenizer, fp32.model_cfg.pair_encoding, fp32.model_cfg.max_length)
         with torch.no_grad():
             a, b = (p.backend(task, data, list(range(len(examples)))).float() for p in (fp32, int8))
         # int8 keeps about two significant digits of each weight and activation: the outputs move
@@ -256,6 +256,6 @@ def test_int8_backend_runs_on_the_cpu_only(run_dir):
 def test_allowed_cores_is_the_affinity_mask():
     import os
 
-    from minbert.inference.predictor import allowed_cores
+    from minbert.inference.backends import allowed_cores
 
     assert allowed_cores() == len(os.sched_getaffinity(0)) >= 1

@@ -6,9 +6,9 @@ import torch
 
 from minbert.config import load_config
 from minbert.configs import resolve_config
-from minbert.reports.reproduce import markdown_table, reproduce
-from minbert.run_state import load_checkpoint
-from minbert.train import train
+from minbert.training.reproduce import markdown_table, reproduce
+from minbert.run_files import load_checkpoint
+from minbert.training import TrainOptions, train
 
 
 def tiny_overrides(tiny_checkpoint, small_data_dir, tmp_path):
@@ -19,9 +19,9 @@ def tiny_overrides(tiny_checkpoint, small_data_dir, tmp_path):
 def test_continuing_d_equals_running_e_alone(tiny_checkpoint, small_data_dir, tmp_path):
     o = tiny_overrides(tiny_checkpoint, small_data_dir, tmp_path) + ["train.predict_test=false", "train.phases.0.lr=1e-3"]
     e_overrides = o + ["train.phases.1.epochs=1", "train.phases.1.lr=1e-3"]
-    train(load_config(resolve_config("model_d"), o), tmp_path / "D", progress=False)
-    continued = train(load_config(resolve_config("model_e"), e_overrides), tmp_path / "E", progress=False, init_from=tmp_path / "D")
-    alone = train(load_config(resolve_config("model_e"), e_overrides), tmp_path / "E_alone", progress=False)
+    train(load_config(resolve_config("model_d"), o), tmp_path / "D", TrainOptions(progress=False))
+    continued = train(load_config(resolve_config("model_e"), e_overrides), tmp_path / "E", TrainOptions(progress=False, init_from=tmp_path / "D"))
+    alone = train(load_config(resolve_config("model_e"), e_overrides), tmp_path / "E_alone", TrainOptions(progress=False))
     assert {k: continued[k] for k in ("sst", "para", "sts")} == {k: alone[k] for k in ("sst", "para", "sts")}
     a = load_checkpoint(tmp_path / "E" / "last.safetensors").model
     b = load_checkpoint(tmp_path / "E_alone" / "last.safetensors").model

@@ -21,8 +21,9 @@ import torch
 from minbert.checkpoint import CheckpointError
 from minbert.cli import main as cli_main
 from minbert.evaluation import write_predictions
-from minbert.run_state import (BEST, LAST, CheckpointTimer, RunError, RunLock, config_differences, load_checkpoint,
-                               save_checkpoint)  # fmt: skip
+from minbert.tasks import BUILTIN
+from minbert.run_files import BEST, LAST, RunError, load_checkpoint, save_checkpoint
+from minbert.training.run_state import CheckpointTimer, RunLock, config_differences  # fmt: skip
 
 REPO = Path(__file__).resolve().parent.parent
 # 48 rows a task, batches of 8: 6 rounds x 3 tasks = 18 steps an epoch; 2 epochs, then 6 SST steps.
@@ -279,7 +280,7 @@ def test_full_disk_keeps_the_previous_files(finished_run, tmp_path):
         with pytest.raises(RunError, match=f"{last}: could not write .*File too large.*previous version is intact"):
             save_checkpoint(ckpt, last)
         with pytest.raises(RunError, match="sts-dev-output.csv: could not write"):
-            write_predictions(preds, [f"id{i}" for i in range(200_000)], [2.5] * 200_000, "sts")
+            write_predictions(preds, [f"id{i}" for i in range(200_000)], [2.5] * 200_000, BUILTIN["sts"])
     assert {p: p.read_bytes() for p in (last, preds)} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([LAST, preds.name])  # no temporary files left
 
@@ -287,7 +288,7 @@ def test_full_disk_keeps_the_previous_files(finished_run, tmp_path):
 def test_two_writers_cannot_share_a_run_directory(tiny_checkpoint, small_data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    holder = minbert_python(f"from minbert.run_state import RunLock; RunLock({str(out)!r}).__enter__(); "
+    holder = minbert_python(f"from minbert.training.run_state import RunLock; RunLock({str(out)!r}).__enter__(); "
                             "print('locked', flush=True); import time; time.sleep(120)")  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from minbert.samplers import annealed_alpha, epoch_schedule, round_robin, sampled, task_probabilities
+from minbert.training.samplers import annealed_alpha, epoch_schedule, round_robin, sampled, task_probabilities
 
 SIZES = {"sst": 8544, "para": 47206, "sts": 6040}
 TASKS3 = ["sst", "para", "sts"]

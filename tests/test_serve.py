@@ -14,7 +14,7 @@ from minbert import Predictor
 from minbert.cli import main as cli_main
 from minbert.inference.predictor import Predictions
 from minbert.inference.serve import Limits, MicroBatcher, create_app
-from minbert.run_state import load_checkpoint
+from minbert.run_files import load_checkpoint
 from minbert.tasks import PARAPHRASE_THRESHOLD, SST_LABEL_NAMES
 
 # Batched with other inputs, a text is padded to the batch's longest; the matmuls then run at
@@ -130,7 +130,7 @@ def as_served(task: str, predictions: Predictions) -> list[dict]:
         if task == "sst":
             out.append({"label": r.label, "name": r.name, "probabilities": list(r.probabilities), "truncated": cut})
         elif task == "para":
-            out.append({"probability": r.probability, "is_paraphrase": r.is_paraphrase, "truncated": cut})
+            out.append({"probability": r.probability, "is_paraphrase": r.positive, "truncated": cut})
         else:
             out.append({"score": r, "truncated": cut})
     return out
@@ -186,13 +186,16 @@ def test_health_model_docs_and_page(server, run_dir):
     assert model["config"]["model"]["pair_encoding"] == "cross" and model["max_length"] == 40
     assert model["dev"] == load_checkpoint(run_dir).dev and set(model["dev"]) >= {"sst", "para", "sts", "overall"}
     assert model["paraphrase_threshold"] == PARAPHRASE_THRESHOLD
-    assert model["tasks"]["sst"] == {"endpoint": "/v1/sentiment", "input": "texts", "labels": list(SST_LABEL_NAMES)}
+    assert model["tasks"]["sst"] == {"endpoint": "/v1/sentiment", "predict_endpoint": "/v1/predict/sst",
+                                     "kind": "classification", "input": "texts", "columns": ["sentence"],
+                                     "labels": list(SST_LABEL_NAMES)}  # fmt: skip
+    assert model["tasks"]["sts"]["scale"] == [0.0, 5.0] and model["tasks"]["para"]["threshold"] == PARAPHRASE_THRESHOLD
     assert model["limits"] == {"max_batch": 64, "batch_wait_ms": 2, "max_texts": 8, "max_chars": 300,
                                "max_body_bytes": 4096}  # fmt: skip
     status, docs = request(url, "/docs")
     assert status == 200 and "swagger" in docs.lower()
     status, spec = request(url, "/openapi.json")
-    assert {"/v1/sentiment", "/v1/paraphrase", "/v1/similarity", "/health", "/v1/model"} <= set(spec["paths"])
+    assert {"/v1/sentiment", "/v1/paraphrase", "/v1/similarity", "/v1/predict/{task}", "/health", "/v1/model"} <= set(spec["paths"])
     assert '"maxItems": 8' in json.dumps(spec) and '"maxLength": 300' in json.dumps(spec)
     status, page = request(url, "/")
     assert status == 200 and 'name="viewport"' in page
@@ -269,7 +272,7 @@ def test_cli_serve_flags(monkeypatch, run_dir, capsys):
     calls = []
     monkeypatch.setattr(serve_module, "serve", lambda *args: calls.append(args))
     assert cli_main(["serve", "--checkpoint", str(run_dir)]) == 0
-    from minbert.inference.predictor import allowed_cores
+    from minbert.inference.backends import allowed_cores
 
     # loopback unless told otherwise; as many threads as the process has cores allowed
     assert calls[-1] == (str(run_dir), "127.0.0.1", 8000, Limits(), "torch", [], allowed_cores())

@@ -114,7 +114,7 @@ def test_the_page_shows_the_predictors_answers_on_a_phone_and_a_desktop(browser,
         submit_and_wait(browser, {"pair-a": PAIR[0], "pair-b": PAIR[1]}, "pair-submit", "pair-result")
         (para,), (score,) = predictor.paraphrase([PAIR]), predictor.similarity([PAIR])
         assert text_of(browser, "para-probability") == f"{100 * para.probability:.1f}%"
-        assert text_of(browser, "para-decision") == ("paraphrase" if para.is_paraphrase else "not a paraphrase")
+        assert text_of(browser, "para-decision") == ("paraphrase" if para.positive else "not a paraphrase")
         assert text_of(browser, "sts-score") == f"{score:.2f}"
 
         assert browser.execute_script("return document.documentElement.scrollWidth") <= 390  # no sideways scrolling

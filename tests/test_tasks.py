@@ -11,10 +11,10 @@ import scipy.stats
 
 from minbert.cli import main as cli_main
 from minbert.config import ConfigError, load_config
-from minbert.data import DataError
-from minbert.metrics import macro_f1, matthews, mean_primary, spearman
-from minbert.tasks import BUILTIN, BUILTIN_DIR, TaskError, load_declaration, spec_from_declaration
-from minbert.train import train
+from minbert.tasks.data import DataError
+from minbert.tasks.metrics import macro_f1, matthews, mean_primary, spearman
+from minbert.tasks.spec import BUILTIN, BUILTIN_DIR, TaskError, load_declaration, spec_from_declaration
+from minbert.training import TrainOptions, train
 
 WORDS = "good bad fine awful great dull bright cold warm slow fast tall short happy sad".split()
 
@@ -52,9 +52,9 @@ def test_declared_seed_tasks_train_like_the_builtin_ones(tiny_checkpoint, small_
     """Before (the built-ins by name) and after (the same tasks declared inline, every default
     spelled out): the same losses at every step."""
     phases = "train.phases=[{epochs: 1, lr: 2e-3}, {tasks: [sts], epochs: 1, lr: 1e-3}]"
-    train(tiny_run(tiny_checkpoint, small_data_dir, tmp_path, phases), tmp_path / "builtin", progress=False)
+    train(tiny_run(tiny_checkpoint, small_data_dir, tmp_path, phases), tmp_path / "builtin", TrainOptions(progress=False))
     inline = json.dumps([explicit(n) for n in ("sst", "para", "sts")])
-    train(tiny_run(tiny_checkpoint, small_data_dir, tmp_path, phases, f"tasks={inline}"), tmp_path / "inline", progress=False)
+    train(tiny_run(tiny_checkpoint, small_data_dir, tmp_path, phases, f"tasks={inline}"), tmp_path / "inline", TrainOptions(progress=False))
     steps = [[json.loads(line) for line in (tmp_path / run / "steps.jsonl").read_text().splitlines()]
              for run in ("builtin", "inline")]  # fmt: skip
     assert [s["task"] for s in steps[0]] == [s["task"] for s in steps[1]] and len(steps[0]) == 24
@@ -102,7 +102,7 @@ def test_own_tasks_train_end_to_end(own_tasks, tiny_checkpoint, tmp_path, capsys
     cfg = tiny_run(tiny_checkpoint, data, tmp_path, f"tasks=[{json.dumps(topic)}, {tmp_path / 'rating.yaml'}]", phases,
                    "train.predict_test=true")  # fmt: skip
     assert cfg.tasks[1]["name"] == "rating"  # the file's declaration, inlined: config.yaml is whole
-    scores = train(cfg, tmp_path / "run", progress=False)
+    scores = train(cfg, tmp_path / "run", TrainOptions(progress=False))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics) == {"topic", "topic_accuracy", "topic_matthews", "rating", "rating_pearson", "overall",
                             "overall_formula"}  # fmt: skip
@@ -175,7 +175,7 @@ def test_bad_task_data_names_file_and_line(own_tasks, tiny_checkpoint, tmp_path,
     write_rows(data / "topic-train.csv", damage(rows), "csv")
     cfg = tiny_run(tiny_checkpoint, data, tmp_path, f"tasks=[{json.dumps(topic)}]", "train.phases.0.tasks=[topic]")
     with pytest.raises(DataError, match=f"topic-train.csv{where} .*{reason.replace('(', '.').replace(')', '.')}"):
-        train(cfg, tmp_path / "run", progress=False)
+        train(cfg, tmp_path / "run", TrainOptions(progress=False))
     assert not (tmp_path / "run" / "last.safetensors").exists()
 
 

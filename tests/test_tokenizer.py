@@ -2,7 +2,7 @@
 
 import pytest
 
-from minbert.tasks import TASKS
+from minbert.tasks import BUILTIN
 from minbert.tokenizer import WordPieceTokenizer
 
 
@@ -18,13 +18,13 @@ ODD = ["Café déjà vu -LRB- 1999 -RRB- isn't 'bad' ...", "  spaced   out\ttabs
 
 def test_single_sentences_match(tokenizers, data_dir):
     ours, theirs = tokenizers
-    sentences = [e.texts[0] for e in TASKS["sst"].read(data_dir, "dev").examples[:200]] + ODD
+    sentences = [e.texts[0] for e in BUILTIN["sst"].read(data_dir, "dev").examples[:200]] + ODD
     assert ours.encode(sentences, 128) == [theirs(s, truncation=True, max_length=128)["input_ids"] for s in sentences]
 
 
 def test_pairs_match_with_token_types(tokenizers, data_dir):
     ours, theirs = tokenizers
-    pairs = [e.texts for e in TASKS["para"].read(data_dir, "dev").examples[:200]]
+    pairs = [e.texts for e in BUILTIN["para"].read(data_dir, "dev").examples[:200]]
     got = ours.encode_pairs([a for a, _ in pairs], [b for _, b in pairs], 128)
     for (a, b), (ids, types) in zip(pairs, got):
         ref = theirs(a, b, truncation=True, max_length=128)

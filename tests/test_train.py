@@ -8,8 +8,8 @@ import torch
 
 from minbert.cli import main as cli_main
 from minbert.config import load_config
-from minbert.run_state import load_checkpoint
-from minbert.train import train
+from minbert.run_files import load_checkpoint
+from minbert.training import TrainOptions, train
 
 
 def tiny_config(tiny_checkpoint, small_data_dir, tmp_path, *extra):
@@ -25,7 +25,7 @@ def tiny_config(tiny_checkpoint, small_data_dir, tmp_path, *extra):
 def test_loss_falls(tiny_checkpoint, small_data_dir, tmp_path):
     cfg = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.predict_test=false", "train.eval_every_epoch=false",
                       "train.phases=[{tasks: [sst, para, sts], epochs: 12, lr: 3e-3}]")  # fmt: skip
-    train(cfg, tmp_path / "run", progress=False)
+    train(cfg, tmp_path / "run", TrainOptions(progress=False))
     history = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()]
     first, last = history[0]["train_loss"], history[-1]["train_loss"]
     total = lambda losses: sum(losses.values())  # noqa: E731
@@ -36,7 +36,7 @@ def test_run_writes_everything_in_format(tiny_checkpoint, small_data_dir, tmp_pa
     from conftest import check_prediction_files
 
     out = tmp_path / "run"
-    scores = train(tiny_config(tiny_checkpoint, small_data_dir, tmp_path), out, progress=False)
+    scores = train(tiny_config(tiny_checkpoint, small_data_dir, tmp_path), out, TrainOptions(progress=False))
     assert {"config.yaml", "steps.jsonl", "epochs.jsonl", "best.safetensors", "last.safetensors", "metrics.json"} <= {p.name for p in out.iterdir()}
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"sst", "para", "sts", "overall"} <= set(metrics)
@@ -49,10 +49,10 @@ def test_run_writes_everything_in_format(tiny_checkpoint, small_data_dir, tmp_pa
 
 def test_resume_gives_the_same_result(tiny_checkpoint, small_data_dir, tmp_path):
     cfg = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.predict_test=false")
-    full = train(cfg, tmp_path / "full", progress=False)
-    assert train(cfg, tmp_path / "cut", progress=False, stop_after_epochs=1) == {}  # stopped mid-phase
-    assert train(cfg, tmp_path / "cut", progress=False, resume=True, stop_after_epochs=1) == {}  # across phases
-    resumed = train(cfg, tmp_path / "cut", progress=False, resume=True)
+    full = train(cfg, tmp_path / "full", TrainOptions(progress=False))
+    assert train(cfg, tmp_path / "cut", TrainOptions(progress=False, stop_after_epochs=1)) == {}  # stopped mid-phase
+    assert train(cfg, tmp_path / "cut", TrainOptions(progress=False, resume=True, stop_after_epochs=1)) == {}  # across phases
+    resumed = train(cfg, tmp_path / "cut", TrainOptions(progress=False, resume=True))
     assert {k: v for k, v in resumed.items() if k != "train_wall_s"} == {k: v for k, v in full.items() if k != "train_wall_s"}
     a = load_checkpoint(tmp_path / "full" / "last.safetensors").model
     b = load_checkpoint(tmp_path / "cut" / "last.safetensors").model
@@ -63,10 +63,10 @@ def test_resume_gives_the_same_result(tiny_checkpoint, small_data_dir, tmp_path)
 
 def test_resume_refuses_a_different_config(tiny_checkpoint, small_data_dir, tmp_path):
     cfg = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.predict_test=false")
-    train(cfg, tmp_path / "run", progress=False, stop_after_epochs=1)
+    train(cfg, tmp_path / "run", TrainOptions(progress=False, stop_after_epochs=1))
     other = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.predict_test=false", "train.seed=1")
     with pytest.raises(ValueError, match="different config"):
-        train(other, tmp_path / "run", progress=False, resume=True)
+        train(other, tmp_path / "run", TrainOptions(progress=False, resume=True))
 
 
 def test_bad_data_stops_before_training(tiny_checkpoint, small_data_dir, tmp_path):
@@ -76,10 +76,10 @@ def test_bad_data_stops_before_training(tiny_checkpoint, small_data_dir, tmp_pat
         (bad / f.name).write_text(f.read_text())
     (bad / "sts-dev.csv").write_text("\tid\tsentence1\tsentence2\tsimilarity\n0\ta\tx\ty\t9\n")
     cfg = tiny_config(tiny_checkpoint, bad, tmp_path)
-    from minbert.data import DataError
+    from minbert.tasks.data import DataError
 
     with pytest.raises(DataError, match="sts-dev.csv:2: bad similarity"):
-        train(cfg, tmp_path / "run", progress=False)
+        train(cfg, tmp_path / "run", TrainOptions(progress=False))
     assert not (tmp_path / "run" / "last.safetensors").exists()
 
 
@@ -108,12 +108,12 @@ def test_beyond_seed_switches_together(tiny_checkpoint, small_data_dir, tmp_path
         "train.phases=[{name: mlm, tasks: [sst, para, sts], mode: mlm, epochs: 1, steps_per_epoch: 6, lr: 1e-3},"
         " {name: multi, sampler: annealed, epochs: 2, steps_per_epoch: 12, lr: 1e-3, head_lr: 3e-3,"
         "  warmup_ratio: 0.2, decay: linear, layer_lr_decay: 0.8}]")  # fmt: skip
-    full = train(cfg, tmp_path / "full", progress=False)
+    full = train(cfg, tmp_path / "full", TrainOptions(progress=False))
     steps = [json.loads(l) for l in (tmp_path / "full" / "steps.jsonl").read_text().splitlines()]
     assert [s["task"] for s in steps[:6]] == ["mlm"] * 6 and len(steps) == 6 + 24
     assert steps[-1]["lr"] < steps[10]["lr"]  # decayed
-    train(cfg, tmp_path / "cut", progress=False, stop_after_epochs=1)  # after the MLM phase
-    resumed = train(cfg, tmp_path / "cut", progress=False, resume=True)
+    train(cfg, tmp_path / "cut", TrainOptions(progress=False, stop_after_epochs=1))  # after the MLM phase
+    resumed = train(cfg, tmp_path / "cut", TrainOptions(progress=False, resume=True))
     assert {k: resumed[k] for k in ("sst", "para", "sts")} == {k: full[k] for k in ("sst", "para", "sts")}
 
 
@@ -124,8 +124,8 @@ def test_probes_inside_epochs_change_nothing_but_the_kept_checkpoint(tiny_checkp
     plain = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.predict_test=false", phases.replace(", eval_every_steps: EVERY", ""))
     probed = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.predict_test=false", "train.eval_subset=10",
                          phases.replace("EVERY", "2"))  # fmt: skip
-    train(plain, tmp_path / "plain", progress=False)
-    train(probed, tmp_path / "probed", progress=False)
+    train(plain, tmp_path / "plain", TrainOptions(progress=False))
+    train(probed, tmp_path / "probed", TrainOptions(progress=False))
     assert (tmp_path / "plain" / "steps.jsonl").read_text() == (tmp_path / "probed" / "steps.jsonl").read_text()
     epochs = [json.loads(line) for line in (tmp_path / "probed" / "epochs.jsonl").read_text().splitlines()]
     records = [json.loads(line) for line in (tmp_path / "probed" / "evals.jsonl").read_text().splitlines()]
@@ -144,7 +144,8 @@ def test_probes_inside_epochs_change_nothing_but_the_kept_checkpoint(tiny_checkp
 
 
 def test_dev_probe_is_a_fixed_subset(tiny_checkpoint, small_data_dir, tmp_path):
-    from minbert.train import build_model, dev_probe, needed_splits, read_all
+    from minbert.runs import build_model, needed_splits, read_all
+    from minbert.training.probes import dev_probe
 
     cfg = tiny_config(tiny_checkpoint, small_data_dir, tmp_path, "train.eval_subset=5")
     raw = read_all(cfg, needed_splits(cfg))["dev"]

@@ -1,6 +1,3 @@
-"""Using a trained model: the Predictor (Python API), the files of `minbert predict`, and
-exports (Hugging Face, sentence-transformers, ONNX)."""
-
-from minbert.inference.predictor import Paraphrase, Predictions, Predictor, Sentiment
-
-__all__ = ["Predictor", "Sentiment", "Paraphrase", "Predictions"]
+"""Using a trained model: its backends (torch, onnx, int8), the Predictor (Python API), ensembles,
+exports (Hugging Face, sentence-transformers, ONNX), the files of `minbert predict`, the dev
+report of `minbert evaluate`, and `minbert serve`."""

@@ -21,36 +21,25 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from minbert.checkpoint import CheckpointError
-from minbert.config import RunConfig, load_config, to_dict
-from minbert.data import DataError
-from minbert.model import BertConfig, BertModel
+from minbert.config import RunConfig, to_dict
+from minbert.inference.backends import TorchBackend
+from minbert.inference.manifest import FORMAT, HEADS, MANIFEST, VERSION, is_export
+from minbert.inference.predictor import Binary, Classification, Predictor, split_inputs
+from minbert.model import BertConfig
 from minbert.multitask import MultitaskBert
-from minbert.tasks import PARAPHRASE_THRESHOLD
+from minbert.run_files import load_checkpoint
+from minbert.runs import build_trained
+from minbert.tasks.data import DataError, resolve_data_dir
+from minbert.tasks.spec import PARAPHRASE_THRESHOLD
 from minbert.tokenizer import WordPieceTokenizer
 
-MANIFEST = "minbert_config.json"
-HEADS = "minbert_heads.safetensors"
-FORMAT, VERSION = "minbert-export", 1
 FORMATS = ("hf", "onnx")
 SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                   "mask_token": "[MASK]"}  # fmt: skip
-
-
-@dataclass
-class Manifest:
-    """minbert_config.json, read back."""
-
-    cfg: RunConfig
-    bert_config: dict
-    threshold: float
-    dev: dict | None
-    source: str
 
 
 # ---------------------------------------------------------------------------------------
@@ -141,9 +130,6 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, fmt: str, ove
     """`minbert export`: a run directory or checkpoint file to `out_dir` in `fmt`. An ONNX export
     is first checked against PyTorch on the dev files (`check_onnx`, up to `check_limit`
     examples per task) and put in place only if they agree; returns that check's report."""
-    from minbert.run_state import load_checkpoint
-    from minbert.train import build_trained
-
     ckpt = load_checkpoint(checkpoint)
     model, tokenizer, cfg = build_trained(ckpt, list(overrides), checkpoint)
     out_dir = Path(out_dir)
@@ -169,20 +155,18 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, fmt: str, ove
 def check_onnx(model: MultitaskBert, tokenizer: WordPieceTokenizer, cfg: RunConfig, directory: Path,
                limit: int | None = None, sts_tolerance: float = 1e-4) -> dict:  # fmt: skip
     """onnxruntime on the graphs in `directory` against PyTorch, on the dev files of cfg's data
-    directory: the same SST labels and paraphrase decisions, STS scores within `sts_tolerance`.
-    The int8 graphs, where written, are compared too, under "int8": how many labels and decisions
-    int8 rounding moved, which the fp32 graphs' agreement does not depend on."""
-    from minbert.data import resolve_data_dir
+    directory: the same labels and decisions, scores within `sts_tolerance`, for each of the
+    model's tasks. The int8 graphs, where written, are compared too, under "int8": how many labels
+    and decisions int8 rounding moved, which the fp32 graphs' agreement does not depend on."""
     from minbert.inference.onnx_graphs import OnnxBackend, has_graphs
-    from minbert.inference.predictor import Predictor, TorchBackend, split_inputs
 
-    dev = split_inputs(resolve_data_dir(cfg.data.dir), "dev", limit)
+    dev = split_inputs(resolve_data_dir(cfg.data.dir), model.tasks, "dev", limit)
     batch = cfg.train.eval_batch_size
-    ours = Predictor(TorchBackend(model, torch.device("cpu"), "fp32"), tokenizer, cfg.model, batch)
+    ours = Predictor(TorchBackend(model, torch.device("cpu"), "fp32"), tokenizer, cfg, batch)
     results = {t: ours.predict(t, x).results for t, x in dev.items()}
     report = {}
-    for precision in ("fp32", "int8") if has_graphs(directory, "int8") else ("fp32",):
-        theirs = Predictor(OnnxBackend(directory, cfg.model, precision), tokenizer, cfg.model, batch)
+    for precision in ("fp32", "int8") if has_graphs(directory, model.tasks, "int8") else ("fp32",):
+        theirs = Predictor(OnnxBackend(directory, cfg, precision), tokenizer, cfg, batch)
         report[precision] = agreement(results, {t: theirs.predict(t, x).results for t, x in dev.items()}, sts_tolerance)
     if "int8" in report:  # how far int8 rounding moved the outputs: information, not a check
         del report["int8"]["agree"]
@@ -190,56 +174,20 @@ def check_onnx(model: MultitaskBert, tokenizer: WordPieceTokenizer, cfg: RunConf
 
 
 def agreement(a: dict[str, list], b: dict[str, list], sts_tolerance: float = 1e-4) -> dict:
-    """Two sets of results ({task: results}): the SST labels and paraphrase decisions that differ,
-    the largest STS difference, and whether they agree (none differ, STS within sts_tolerance)."""
-    sst = sum(x.label != y.label for x, y in zip(a["sst"], b["sst"]))
-    para = sum(x.is_paraphrase != y.is_paraphrase for x, y in zip(a["para"], b["para"]))
-    sts = max((abs(x - y) for x, y in zip(a["sts"], b["sts"])), default=0.0)
-    return {"examples": {t: len(v) for t, v in a.items()}, "sst_labels_differ": sst, "para_decisions_differ": para,
-            "sts_max_abs_diff": sts, "agree": sst == 0 and para == 0 and sts <= sts_tolerance}  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------
-# Reading
-
-
-def is_export(path: str | Path) -> bool:
-    return (Path(path) / MANIFEST).is_file()
-
-
-def read_manifest(directory: str | Path) -> Manifest:
-    path = Path(directory) / MANIFEST
-    try:
-        raw = json.loads(path.read_text())
-        if raw.get("format") != FORMAT or raw.get("version") != VERSION:
-            raise ValueError(f"format {raw.get('format')!r} version {raw.get('version')!r}; "
-                             f"this minbert reads {FORMAT!r} {VERSION}")  # fmt: skip
-        cfg = load_config(None, [], base=raw["config"])
-        threshold = float(raw["paraphrase_threshold"])
-        return Manifest(cfg, dict(raw["bert_config"]), threshold, raw.get("dev"), raw.get("source", ""))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: not a readable minbert export ({type(e).__name__}: {e})") from None
-
-
-def read_tokenizer(directory: str | Path) -> WordPieceTokenizer:
-    return WordPieceTokenizer(Path(directory) / "vocab.txt")
-
-
-def load_model(directory: str | Path, manifest: Manifest) -> MultitaskBert:
-    """The MultitaskBert of an hf export: the encoder from model.safetensors, the heads beside it."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    files = [directory / "model.safetensors", directory / HEADS]
-    if not all(f.is_file() for f in files):
-        raise CheckpointError(f"{directory}: no PyTorch weights ({files[0].name}, {files[1].name}); an ONNX-only "
-                              "export is read with backend='onnx'")  # fmt: skip
-    model = MultitaskBert(BertModel(BertConfig(**manifest.bert_config)), manifest.cfg.model)
-    state = {f"bert.{k}": v for k, v in load_file(str(files[0])).items()}
-    state |= {f"heads.{k}": v for k, v in load_file(str(files[1])).items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{directory}: the weights do not fit the model its {MANIFEST} describes "
-                              f"({str(e).strip().splitlines()[0]})") from None  # fmt: skip
-    return model
+    """Two sets of results ({task: results}), by each task's kind: the labels (`{task}_labels_differ`)
+    and decisions (`{task}_decisions_differ`) that differ, the largest score difference
+    (`{task}_max_abs_diff`), and whether they agree (none differ, every score within sts_tolerance)."""
+    report: dict = {"examples": {t: len(v) for t, v in a.items()}}
+    agree = True
+    for task, ours in a.items():
+        theirs = b[task]
+        if ours and isinstance(ours[0], Classification):
+            report[f"{task}_labels_differ"] = n = sum(x.label != y.label for x, y in zip(ours, theirs))
+            agree &= n == 0
+        elif ours and isinstance(ours[0], Binary):
+            report[f"{task}_decisions_differ"] = n = sum(x.positive != y.positive for x, y in zip(ours, theirs))
+            agree &= n == 0
+        else:
+            report[f"{task}_max_abs_diff"] = d = max((abs(x - y) for x, y in zip(ours, theirs)), default=0.0)
+            agree &= d <= sts_tolerance
+    return report | {"agree": agree}

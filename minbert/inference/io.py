@@ -2,8 +2,9 @@
 table), or a file of inputs (CSV, TSV or JSONL, or stdin) whose predictions go to a CSV or
 JSONL file (or stdout).
 
-Input files: a header row (CSV, TSV) or one JSON object per line (JSONL), with a `sentence`
-column (sst) or `sentence1` and `sentence2` (para, sts), or the columns named by `--columns`;
+Input files: a header row (CSV, TSV) or one JSON object per line (JSONL), with the task's text
+column(s) (`sentence` for sst; `sentence1` and `sentence2` for para and sts; a declared task's
+`input:`), or the columns named by `--columns`;
 an `id` column, where there is one, is carried over. The format comes from the extension
 (`.jsonl`, `.ndjson`, `.json`: JSONL; `.tsv`: tab-separated); otherwise, and for stdin, from the
 content: a first line starting with `{` is JSONL, one with a tab is TSV (the course's data
@@ -23,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from minbert.data import DataError
-from minbert.inference.predictor import Paraphrase, Predictions, Predictor, Sentiment
-from minbert.run_state import atomic_write
-from minbert.tasks import SST_LABEL_NAMES, TASKS
+from minbert.inference.predictor import Binary, Classification, Predictions, Predictor
+from minbert.run_files import atomic_write
+from minbert.tasks.data import DataError
+from minbert.tasks.spec import BUILTIN, TaskSpec
 
 OUTPUT_FORMATS = ("csv", "jsonl")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -44,13 +45,13 @@ class InputTable:
 # Reading
 
 
-def read_inputs(source: str, task: str, columns: Sequence[str] | None = None) -> InputTable:
-    """The inputs of `task` from a file (or "-", stdin); `columns` names the text column(s)
+def read_inputs(source: str, spec: TaskSpec, columns: Sequence[str] | None = None) -> InputTable:
+    """The inputs of a task from a file (or "-", stdin); `columns` names the text column(s)
     where they are not the task's own (`sentence`; `sentence1`, `sentence2`)."""
-    wanted = tuple(columns) if columns else TASKS[task].text_columns
-    if len(wanted) != len(TASKS[task].text_columns):
-        need = len(TASKS[task].text_columns)
-        raise ValueError(f"--task {task} reads {need} text column(s); --columns names {len(wanted)}")
+    wanted = tuple(columns) if columns else spec.text_columns
+    if len(wanted) != len(spec.text_columns):
+        need = len(spec.text_columns)
+        raise ValueError(f"--task {spec.name} reads {need} text column(s); --columns names {len(wanted)}")
     name = "<stdin>" if source == "-" else source
     if source == "-":
         raw = sys.stdin.buffer.read()
@@ -136,12 +137,14 @@ def output_format(output: str | None, requested: str | None) -> str:
     return "jsonl" if output and Path(output).suffix.lower() in JSONL_SUFFIXES else "csv"
 
 
-def result_fields(result: Sentiment | Paraphrase | float) -> dict:
-    if isinstance(result, Sentiment):
+def result_fields(result: Classification | Binary | float) -> dict:
+    """A result's fields, named by its kind: label, name, probabilities (classification);
+    probability, positive (binary); score (regression)."""
+    if isinstance(result, Classification):
         return {"label": result.label, "name": result.name, "probabilities": list(result.probabilities)}
-    if isinstance(result, Paraphrase):
-        return {"probability": result.probability, "is_paraphrase": result.is_paraphrase}
-    return {"similarity": result}
+    if isinstance(result, Binary):
+        return {"probability": result.probability, "positive": result.positive}
+    return {"score": result}
 
 
 def records(table: InputTable, predictions: Predictions) -> list[dict]:
@@ -155,23 +158,29 @@ def records(table: InputTable, predictions: Predictions) -> list[dict]:
     return out
 
 
-def _csv_row(record: dict) -> dict:
-    """Flat CSV cells: one column per class probability, booleans as 1 / 0."""
+def class_names(spec: TaskSpec) -> tuple[str, ...]:
+    """A classification task's class names (its label_names, else the class numbers)."""
+    return spec.label_names or tuple(str(k) for k in range(spec.num_classes))
+
+
+def _csv_row(record: dict, names: Sequence[str]) -> dict:
+    """Flat CSV cells: one column per class probability (`names`: the classes), booleans as 1 / 0."""
     row = {k: int(v) if isinstance(v, bool) else v for k, v in record.items() if k != "probabilities"}
     if "probabilities" in record:
         at = list(row).index("name") + 1
         items = list(row.items())
-        probabilities = [(f"p_{n.replace(' ', '_')}", p) for n, p in zip(SST_LABEL_NAMES, record["probabilities"])]
+        probabilities = [(f"p_{n.replace(' ', '_')}", p) for n, p in zip(names, record["probabilities"])]
         row = dict(items[:at] + probabilities + items[at:])
     return row
 
 
-def render(rows: list[dict], fmt: str) -> str:
+def render(rows: list[dict], fmt: str, names: Sequence[str] = ()) -> str:
+    """The records as JSONL, or as CSV (`names`: the class names of a classification task's columns)."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"output format {fmt!r} is not one of {OUTPUT_FORMATS}")
     if fmt == "jsonl":
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    flat = [_csv_row(r) for r in rows]
+    flat = [_csv_row(r, names) for r in rows]
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=list(flat[0]) if flat else ["prediction"], lineterminator="\n")
     writer.writeheader()
@@ -183,10 +192,11 @@ def predict_file(predictor: Predictor, task: str, source: str, columns: Sequence
                  fmt: str | None, progress: bool = True) -> str:  # fmt: skip
     """`minbert predict --input`: read, predict, write (atomically; stdout without `output`).
     Returns a one-line summary: how many inputs, how many truncated, where they went."""
-    table = read_inputs(source, task, columns)
+    spec = predictor.tasks.check(task)
+    table = read_inputs(source, spec, columns)
     bar = None if progress and len(table.rows) > predictor.batch_size else False  # on terminals, for large files
-    predictions = predictor.predict(task, predictor_inputs(task, table.rows), progress=bar)
-    text = render(records(table, predictions), output_format(output, fmt))
+    predictions = predictor.predict(task, predictor_inputs(spec, table.rows), progress=bar)
+    text = render(records(table, predictions), output_format(output, fmt), class_names(spec))
     if output:
         atomic_write(output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     else:
@@ -201,37 +211,45 @@ def predict_file(predictor: Predictor, task: str, source: str, columns: Sequence
 # Texts from the command line
 
 
-def predictor_inputs(task: str, rows: list[tuple[str, ...]]) -> list:
-    """Rows of texts as the Predictor takes them: texts (sst), pairs (para, sts)."""
-    return rows if TASKS[task].is_pair else [texts for (texts,) in rows]
+def predictor_inputs(spec: TaskSpec, rows: list[tuple[str, ...]]) -> list:
+    """Rows of texts as the Predictor takes them: texts (a single-text task), pairs (a pair task)."""
+    return rows if spec.is_pair else [texts for (texts,) in rows]
 
 
 def answer_texts(predictor: Predictor, task: str, texts: Sequence[str]) -> str:
     """`minbert predict` with texts on the command line: the predictions as a table."""
-    rows = rows_from_texts(task, texts)
-    return table(task, rows, predictor.predict(task, predictor_inputs(task, rows)))
+    spec = predictor.tasks.check(task)
+    rows = rows_from_texts(spec, texts)
+    return table(spec, rows, predictor.predict(task, predictor_inputs(spec, rows)))
 
 
-def rows_from_texts(task: str, texts: Sequence[str]) -> list[tuple[str, ...]]:
-    """`sst`: one input per text; `para`, `sts`: texts taken two by two as pairs."""
-    if not TASKS[task].is_pair:
+def rows_from_texts(spec: TaskSpec, texts: Sequence[str]) -> list[tuple[str, ...]]:
+    """A single-text task: one input per text; a pair task: texts taken two by two as pairs."""
+    if not spec.is_pair:
         return [(t,) for t in texts]
     if len(texts) % 2:
-        raise ValueError(f"--task {task} compares pairs: give an even number of texts (a1 b1 a2 b2 ...), "
+        raise ValueError(f"--task {spec.name} compares pairs: give an even number of texts (a1 b1 a2 b2 ...), "
                          f"not {len(texts)}")  # fmt: skip
     return [(texts[i], texts[i + 1]) for i in range(0, len(texts), 2)]
 
 
-def table(task: str, rows: list[tuple[str, ...]], predictions: Predictions) -> str:
+# The table's columns for the seed's three tasks; a declared task's are named by its kind.
+TABLE_HEADS = {"sst": ["label", "sentiment", "probability"], "para": ["paraphrase", "probability"],
+               "sts": ["similarity (0-5)"]}  # fmt: skip
+KIND_HEADS = {"classification": ["label", "class", "probability"], "binary": ["positive", "probability"],
+              "regression": ["score"]}  # fmt: skip
+
+
+def table(spec: TaskSpec, rows: list[tuple[str, ...]], predictions: Predictions) -> str:
     """A small aligned table of the predictions; truncated inputs are marked with `*`."""
-    if task == "sst":
-        head = ["label", "sentiment", "probability", "text"]
+    texts_head = {"para": "question 1 | question 2"}.get(spec.name, "sentence 1 | sentence 2" if spec.is_pair else "text")
+    seed = spec.name in TABLE_HEADS and spec == BUILTIN[spec.name]
+    head = (TABLE_HEADS[spec.name] if seed else KIND_HEADS[spec.kind]) + [texts_head]
+    if spec.kind == "classification":
         cells = [[str(r.label), r.name, f"{r.probabilities[r.label]:.3f}"] for r in predictions.results]
-    elif task == "para":
-        head = ["paraphrase", "probability", "question 1 | question 2"]
-        cells = [["yes" if r.is_paraphrase else "no", f"{r.probability:.3f}"] for r in predictions.results]
+    elif spec.kind == "binary":
+        cells = [["yes" if r.positive else "no", f"{r.probability:.3f}"] for r in predictions.results]
     else:
-        head = ["similarity (0-5)", "sentence 1 | sentence 2"]
         cells = [[f"{r:.3f}"] for r in predictions.results]
     marks = [" *" if cut else "" for cut in predictions.truncated]
     lines = [c + [" | ".join(texts) + mark] for c, texts, mark in zip(cells, rows, marks)]

@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from minbert.config import ModelConfig
-from minbert.data import pad_batch
-from minbert.multitask import Batch, EncodedTask, MultitaskBert
-from minbert.tasks import TASKS
+from minbert.config import RunConfig
+from minbert.multitask import MultitaskBert
+from minbert.tasks.data import pad_batch
+from minbert.tasks.encoding import Batch, EncodedTask
+from minbert.tasks.spec import TaskSet, TaskSpec
 from minbert.tokenizer import WordPieceTokenizer
 
 OPSET = 17
@@ -35,17 +36,18 @@ INPUTS = {
     "cross": ("input_ids", "attention_mask", "token_type_ids"),
     "siamese": ("input_ids_a", "attention_mask_a", "input_ids_b", "attention_mask_b"),
 }
-OUTPUTS = {"sst": "logits", "para": "logit", "sts": "score"}
+OUTPUTS = {"classification": "logits", "binary": "logit", "regression": "score"}  # by the task's kind
 
 
 class MissingDependency(ValueError):
     """An optional package that a chosen feature needs is not installed."""
 
 
-def graph_kind(task: str, pair_encoding: str) -> str:
-    if not TASKS[task].is_pair:
+def graph_kind(spec: TaskSpec, pair_encoding: str) -> str:
+    """A task's graph inputs: one sequence, a cross-encoded pair, or a siamese pair's two sides."""
+    if not spec.is_pair:
         return "single"
-    return "siamese" if pair_encoding == "siamese" else "cross"
+    return "siamese" if (spec.pair_encoding or pair_encoding) == "siamese" else "cross"
 
 
 def graph_path(directory: Path, task: str, precision: str = "fp32") -> Path:
@@ -58,7 +60,7 @@ class TaskGraph(nn.Module):
     def __init__(self, model: MultitaskBert, task: str):
         super().__init__()
         self.model, self.task = model, task
-        self.kind = graph_kind(task, model.cfg.pair_encoding)
+        self.kind = graph_kind(model.tasks[task], model.cfg.pair_encoding)
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         def vectors(ids, mask, types=None):  # (B, H): the model's own pooling
@@ -83,30 +85,31 @@ def _example_inputs(kind: str, tokenizer: WordPieceTokenizer) -> tuple[torch.Ten
 
 
 def export_graphs(model: MultitaskBert, tokenizer: WordPieceTokenizer, directory: Path, int8: bool = True) -> list[Path]:
-    """Write `{task}.onnx` for the three tasks into `directory` (the model is put in eval mode),
-    and their int8 versions `{task}.int8.onnx` (`quantize_graphs`) unless int8=False."""
+    """Write `{task}.onnx` for each of the model's tasks into `directory` (the model is put in
+    eval mode), and their int8 versions `{task}.int8.onnx` (`quantize_graphs`) unless int8=False."""
     _require("onnx", "the ONNX export")
     model = model.to("cpu").eval()
     paths = []
-    for task in TASKS:
+    for task in model.tasks:
         graph = TaskGraph(model, task)
+        output = OUTPUTS[model.tasks[task].kind]
         inputs = INPUTS[graph.kind]
         # The two sides of a siamese pair are padded to lengths of their own: two sequence axes.
         sequence = {name: "sequence" + (name[-2:] if graph.kind == "siamese" else "") for name in inputs}
-        axes = {name: {0: "batch", 1: sequence[name]} for name in inputs} | {OUTPUTS[task]: {0: "batch"}}
+        axes = {name: {0: "batch", 1: sequence[name]} for name in inputs} | {output: {0: "batch"}}
         with warnings.catch_warnings():  # the TorchScript exporter announces its own deprecation
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(graph, _example_inputs(graph.kind, tokenizer), str(graph_path(directory, task)),
-                              input_names=list(inputs), output_names=[OUTPUTS[task]], dynamic_axes=axes,
+                              input_names=list(inputs), output_names=[output], dynamic_axes=axes,
                               opset_version=OPSET, dynamo=False)  # fmt: skip
         paths.append(graph_path(directory, task))
     if int8:
-        paths += quantize_graphs(directory)
+        paths += quantize_graphs(directory, model.tasks)
     return paths
 
 
-def quantize_graphs(directory: Path, out_dir: Path | None = None) -> list[Path]:
-    """`{task}.int8.onnx` from each `{task}.onnx` in `directory` (written to out_dir, default
+def quantize_graphs(directory: Path, tasks: TaskSet, out_dir: Path | None = None) -> list[Path]:
+    """`{task}.int8.onnx` from each task's `{task}.onnx` in `directory` (written to out_dir, default
     `directory`), by onnxruntime's `quantize_dynamic`: the weights of every matrix product with
     a weight (attention projections, feed-forward, heads) stored as int8, one scale per output
     channel, in 7 bits (`reduce_range`: x86's 8-bit multiply-add can saturate its 16-bit sums
@@ -118,8 +121,8 @@ def quantize_graphs(directory: Path, out_dir: Path | None = None) -> list[Path]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     Path(out_dir or directory).mkdir(parents=True, exist_ok=True)
-    paths = [graph_path(out_dir or directory, task, "int8") for task in TASKS]
-    for task, path in zip(TASKS, paths):
+    paths = [graph_path(out_dir or directory, task, "int8") for task in tasks]
+    for task, path in zip(tasks, paths):
         quantize_dynamic(str(graph_path(directory, task)), str(path), weight_type=QuantType.QInt8, per_channel=True,
                          reduce_range=True)  # fmt: skip
     return paths
@@ -134,20 +137,21 @@ def _require(module: str, what: str):
         raise MissingDependency(f"{what} needs {module}: pip install 'minbert[onnx]'") from None
 
 
-def has_graphs(directory: Path, precision: str = "fp32") -> bool:
-    return all(graph_path(directory, t, precision).is_file() for t in TASKS)
+def has_graphs(directory: Path, tasks: TaskSet, precision: str = "fp32") -> bool:
+    return all(graph_path(directory, t, precision).is_file() for t in tasks)
 
 
 class OnnxBackend:
     """Runs an export's `{task}.onnx` graphs (precision "int8": `{task}.int8.onnx`) with
     onnxruntime on the CPU, with as many threads as torch uses. A graph is loaded the first time
-    its task is asked for (`load_all`: now)."""
+    its task is asked for (`load_all`: now). `cfg`: the run's config (its tasks and model settings)."""
 
-    def __init__(self, directory: Path, model_cfg: ModelConfig, precision: str = "fp32"):
+    def __init__(self, directory: Path, cfg: RunConfig, precision: str = "fp32"):
         self.ort = _require("onnxruntime", f"the {'onnx' if precision == 'fp32' else precision} backend")
-        self.directory, self.model_cfg, self.precision = Path(directory), model_cfg, precision
+        self.directory, self.model_cfg, self.precision = Path(directory), cfg.model, precision
+        self.tasks = TaskSet.of(cfg.tasks)
         self.sessions: dict = {}
-        missing = [graph_path(self.directory, t, precision).name for t in TASKS
+        missing = [graph_path(self.directory, t, precision).name for t in self.tasks
                    if not graph_path(self.directory, t, precision).is_file()]  # fmt: skip
         if missing:
             raise FileNotFoundError(f"{self.directory}: no {', '.join(missing)}; "
@@ -164,12 +168,12 @@ class OnnxBackend:
 
     def load_all(self) -> "OnnxBackend":
         """Every task's session now (after which the graph files may go)."""
-        for task in TASKS:
+        for task in self.tasks:
             self.session(task)
         return self
 
     def __call__(self, task: str, data: EncodedTask, indices: list[int]) -> torch.Tensor:
-        kind = graph_kind(task, self.model_cfg.pair_encoding)
+        kind = graph_kind(self.tasks[task], self.model_cfg.pair_encoding)
         if kind == "siamese":  # each side padded to its own length
             a, b = data.side_batch(0, indices), data.side_batch(1, indices)
             return self._run(task, kind, (a.input_ids, a.attention_mask, b.input_ids, b.attention_mask))
@@ -184,5 +188,5 @@ class OnnxBackend:
 
     def _run(self, task: str, kind: str, tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
         feeds = {name: t.numpy() for name, t in zip(INPUTS[kind], tensors)}
-        (output,) = self.session(task).run([OUTPUTS[task]], feeds)
+        (output,) = self.session(task).run([OUTPUTS[self.tasks[task].kind]], feeds)
         return torch.from_numpy(output)

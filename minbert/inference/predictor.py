@@ -1,11 +1,15 @@
-"""Ask a trained model: the sentiment of sentences, whether two questions are paraphrases, how
-similar two sentences are.
+"""Ask a trained model about any of its tasks: `predict(task, inputs)`, and for the seed's three
+tasks the friendly calls `sentiment`, `paraphrase` and `similarity`.
 
     from minbert import Predictor
     p = Predictor.load("runs/main-20261126-101900")  # a run directory, a checkpoint file, an export or an ensemble
-    p.sentiment(["the movie was a triumph", "dull"])  # [Sentiment(label=3, name='positive', probabilities=(...)), ...]
-    p.paraphrase([("How do I learn Python?", "What is the best way to learn Python?")])  # [Paraphrase(...)]
+    p.sentiment(["the movie was a triumph", "dull"])  # [Classification(label=3, name='positive', probabilities=(...)), ...]
+    p.paraphrase([("How do I learn Python?", "What is the best way to learn Python?")])  # [Binary(...)]
     p.similarity([("A man plays a guitar.", "A person plays music.")])  # [3.87]
+    p.predict("cfimdb", ["a wonderful film"]).results  # any task the run declared: [Binary(...)]
+
+Results are named by the task's kind: a `Classification` (label, name, probabilities), a `Binary`
+decision (probability, positive) or, for regression, the score itself (a float).
 
 Inputs take the training code's own path: the run's tokenizer and an `EncodedTask`, length-sorted
 batches (`sorted_batches`), the model's heads under `torch.inference_mode`, results put back in
@@ -18,46 +22,45 @@ from its longer side first); `predict` says which inputs were cut.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from minbert import distributed
-from minbert.config import ModelConfig, RunConfig
-from minbert.data import Example
+from minbert.config import RunConfig
 from minbert.evaluation import head_outputs
-from minbert.multitask import EncodedTask, MultitaskBert
-from minbert.tasks import PARAPHRASE_THRESHOLD, SEED_TASKS, TASKS, probability_logit
+from minbert.inference import ensemble, manifest
+from minbert.inference.backends import BACKENDS, INT8_BATCH, Backend, TorchBackend, int8_backend
+from minbert.run_files import load_checkpoint
+from minbert.runs import build_trained
+from minbert.tasks.data import Example
+from minbert.tasks.encoding import EncodedTask
+from minbert.tasks.spec import PARAPHRASE_THRESHOLD, TaskSet, probability_logit
 from minbert.tokenizer import WordPieceTokenizer
 
-# torch: the PyTorch model. onnx: an export's ONNX graphs in onnxruntime. int8: ONNX graphs with
-# int8 matrix products in onnxruntime, on the CPU (see onnx_graphs.quantize_graphs).
-BACKENDS = ("torch", "onnx", "int8")
-# The int8 backend's default batch size: smaller batches ran faster in onnxruntime on 2 CPU cores
-# (Quora dev pairs: 982/s at 32, 812/s at 128; docs/RESULTS.md). The others use the run's
-# eval_batch_size.
-INT8_BATCH = 32
+
+@dataclass(frozen=True)
+class Classification:
+    """A classification task's answer (SST-5 sentiment, or a declared task's classes)."""
+
+    label: int  # the class: the argmax of the logits (SST-5: 0 very negative to 4 very positive)
+    name: str  # its name (the task's label_names; SST_LABEL_NAMES for SST)
+    probabilities: tuple[float, ...]  # softmax of the logits, in label order
 
 
 @dataclass(frozen=True)
-class Sentiment:
-    label: int  # SST-5 class, 0 (very negative) to 4 (very positive): the argmax of the logits
-    name: str  # its name, SST_LABEL_NAMES[label]
-    probabilities: tuple[float, ...]  # softmax of the five logits, in label order
+class Binary:
+    """A binary task's answer (Quora paraphrase, or a declared task such as CFIMDB's sentiment)."""
 
-
-@dataclass(frozen=True)
-class Paraphrase:
-    probability: float  # sigmoid of the head's logit
-    is_paraphrase: bool  # probability > the threshold the model was evaluated with (0.5)
+    probability: float  # sigmoid of the head's logit: P(positive)
+    positive: bool  # probability > the threshold the model was evaluated with (0.5)
 
 
 @dataclass(frozen=True)
 class Predictions:
-    """What `Predictor.predict` returns: the results (Sentiment, Paraphrase or a float score) in
+    """What `Predictor.predict` returns: the results (Classification, Binary or a float score) in
     input order, and which inputs were truncated to `max_length` tokens."""
 
     task: str
@@ -70,64 +73,23 @@ class Predictions:
         return sum(self.truncated)
 
 
-# A backend: (task, encoded inputs, indices of one batch) -> the head's raw outputs for it.
-Backend = Callable[[str, EncodedTask, list[int]], torch.Tensor]
-
-
-class TorchBackend:
-    """The PyTorch model, in eval mode, at the run's precision (fp32 on the CPU)."""
-
-    def __init__(self, model: MultitaskBert, device: torch.device, precision: str = "auto"):
-        self.model, self.device, self.precision = model.to(device).eval(), device, precision
-
-    def __call__(self, task: str, data: EncodedTask, indices: list[int]) -> torch.Tensor:
-        with distributed.autocast(self.device, self.precision):
-            return self.model.predict_batch(task, data, indices, self.device)
-
-
-def int8_backend(source: MultitaskBert | Path, tokenizer: WordPieceTokenizer, cfg: RunConfig) -> Backend:
-    """The int8 backend where no int8 graphs are written yet: the ONNX graphs of `source` (a model,
-    exported now, or a directory holding an export's fp32 graphs) made int8 by
-    `onnx_graphs.quantize_graphs` in a temporary directory, loaded into onnxruntime, and the
-    files removed. Takes some seconds per task; `minbert export --format onnx` writes them once."""
-    import shutil
-    import tempfile
-
-    from minbert.inference.onnx_graphs import OnnxBackend, export_graphs, quantize_graphs
-
-    directory = Path(tempfile.mkdtemp(prefix="minbert-int8-"))
-    try:
-        if isinstance(source, MultitaskBert):
-            export_graphs(source, tokenizer, directory)  # fp32 and int8 graphs
-        else:
-            quantize_graphs(source, directory)
-        return OnnxBackend(directory, cfg.model, "int8").load_all()
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def allowed_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask; all cores where unknown)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 class Predictor:
-    """A trained model behind three calls: `sentiment`, `paraphrase` and `similarity` (and
-    `predict(task, inputs)`, which also reports truncation). Build one with `Predictor.load`."""
+    """A trained model behind `predict(task, inputs)` for each of its tasks (`tasks`), which also
+    reports truncation, and the seed tasks' `sentiment`, `paraphrase` and `similarity`. Build one
+    with `Predictor.load`, or from a backend, its tokenizer and the run config by hand."""
 
-    # What `load` read beside the weights (None for a Predictor built by hand): the run's resolved
-    # config, and the dev scores stored with the weights. `minbert serve` shows them at /v1/model.
-    run_config: RunConfig | None = None
+    # The dev scores stored with the weights (None for a Predictor built by hand). `minbert serve`
+    # shows them at /v1/model.
     dev_scores: dict[str, float] | None = None
 
-    def __init__(self, backend: Backend, tokenizer: WordPieceTokenizer, model_cfg: ModelConfig, batch_size: int = 128,
+    def __init__(self, backend: Backend, tokenizer: WordPieceTokenizer, cfg: RunConfig, batch_size: int = 128,
                  threshold: float = PARAPHRASE_THRESHOLD, source: str = "", backend_name: str = "torch"):  # fmt: skip
+        """`cfg`: the run's resolved config, whose tasks and model settings the Predictor uses.
+        (7 parameters: the backend and what encodes its inputs, then four settings with defaults.)"""
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"paraphrase threshold {threshold} is not a probability strictly between 0 and 1")
-        self.backend, self.tokenizer, self.model_cfg = backend, tokenizer, model_cfg
+        self.backend, self.tokenizer, self.run_config, self.model_cfg = backend, tokenizer, cfg, cfg.model
+        self.tasks = TaskSet.of(cfg.tasks)
         self.batch_size, self.threshold, self.source, self.backend_name = batch_size, threshold, source, backend_name
 
     @classmethod
@@ -140,9 +102,6 @@ class Predictor:
         on the CPU: an export's `{task}.int8.onnx`, else made from the model when loading
         (`int8_backend`). `overrides` are dotted config keys for a run (e.g.
         `model.checkpoint=DIR` where its base checkpoint, whose vocab.txt it uses, has moved)."""
-        from minbert import ensemble
-        from minbert.inference import export
-
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
         if backend in ("onnx", "int8") and device is not None and torch.device(device).type != "cpu":
@@ -154,49 +113,47 @@ class Predictor:
                 raise ValueError(f"{path}: an ensemble runs on the torch backend only (its members' PyTorch models)")
             run, dev = ensemble.load_ensemble_dir(path, overrides, device)
             cfg, tokenizer, threshold = run.cfg, run.tokenizer, PARAPHRASE_THRESHOLD
-        elif export.is_export(path):
-            manifest = export.read_manifest(path)
-            cfg, threshold, tokenizer, dev = manifest.cfg, manifest.threshold, export.read_tokenizer(path), manifest.dev
+        elif manifest.is_export(path):
+            found = manifest.read_manifest(path)
+            cfg, threshold, tokenizer, dev = found.cfg, found.threshold, manifest.read_tokenizer(path), found.dev
             from minbert.inference.onnx_graphs import OnnxBackend, has_graphs
 
-            if backend == "onnx" or (backend == "int8" and has_graphs(path, "int8")):
-                run: Backend = OnnxBackend(path, cfg.model, "int8" if backend == "int8" else "fp32")
+            tasks = TaskSet.of(cfg.tasks)
+            if backend == "onnx" or (backend == "int8" and has_graphs(path, tasks, "int8")):
+                run: Backend = OnnxBackend(path, cfg, "int8" if backend == "int8" else "fp32")
             elif backend == "int8":  # an export written without int8 graphs: made now
-                source = path if has_graphs(path) else export.load_model(path, manifest)
+                source = path if has_graphs(path, tasks) else manifest.load_model(path, found)
                 run = int8_backend(source, tokenizer, cfg)
             else:
-                run = TorchBackend(export.load_model(path, manifest), device, cfg.train.precision)
+                run = TorchBackend(manifest.load_model(path, found), device, cfg.train.precision)
         else:
             if backend == "onnx":
                 raise ValueError(f"{path}: the onnx backend reads a directory written by "
                                  f"`minbert export --checkpoint {path} --out DIR --format onnx`")  # fmt: skip
-            from minbert.run_state import load_checkpoint
-            from minbert.train import build_trained
-
             ckpt = load_checkpoint(path)
             model, tokenizer, cfg = build_trained(ckpt, list(overrides), path)
             run = (int8_backend(model, tokenizer, cfg) if backend == "int8"
                    else TorchBackend(model, device, cfg.train.precision))  # fmt: skip
             threshold, dev = PARAPHRASE_THRESHOLD, ckpt.dev
         batch_size = batch_size or (INT8_BATCH if backend == "int8" else cfg.train.eval_batch_size)
-        predictor = cls(run, tokenizer, cfg.model, batch_size, threshold, str(path), backend)
-        predictor.run_config, predictor.dev_scores = cfg, dev
+        predictor = cls(run, tokenizer, cfg, batch_size, threshold, str(path), backend)
+        predictor.dev_scores = dev
         return predictor
 
     def __repr__(self) -> str:
         m = self.model_cfg
-        return (f"Predictor({self.source!r}, backend={self.backend_name!r}, pooling={m.pooling!r}, "
-                f"pair_encoding={m.pair_encoding!r}, max_length={m.max_length})")  # fmt: skip
+        return (f"Predictor({self.source!r}, backend={self.backend_name!r}, tasks={list(self.tasks)}, "
+                f"pooling={m.pooling!r}, pair_encoding={m.pair_encoding!r}, max_length={m.max_length})")  # fmt: skip
 
-    # --- the three questions -------------------------------------------------------------
+    # --- the seed's three questions ------------------------------------------------------
 
-    def sentiment(self, texts: Sequence[str]) -> list[Sentiment]:
+    def sentiment(self, texts: Sequence[str]) -> list[Classification]:
         """SST-5 sentiment of each text: label 0-4, its name, the five class probabilities."""
         return self.predict("sst", texts).results
 
-    def paraphrase(self, pairs: Sequence[tuple[str, str]]) -> list[Paraphrase]:
+    def paraphrase(self, pairs: Sequence[tuple[str, str]]) -> list[Binary]:
         """For each (question, question) pair: the probability that they are paraphrases, and the
-        decision at the model's threshold."""
+        decision at the model's threshold (`positive`: they are)."""
         return self.predict("para", pairs).results
 
     def similarity(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
@@ -206,32 +163,31 @@ class Predictor:
     # --- the machinery -------------------------------------------------------------------
 
     def predict(self, task: str, inputs: Sequence, progress: bool | None = False) -> Predictions:
-        """Results for `task` ("sst": texts; "para", "sts": pairs of texts), in input order,
-        with the inputs that were truncated. `progress`: a bar over the batches (None: on
-        terminals only)."""
-        if task not in TASKS:
-            raise ValueError(f"task {task!r} is not one of {tuple(TASKS)}")
-        rows = _as_rows(task, inputs)
+        """Results for `task` (one of `tasks`: texts for a single-text task, (text, text) pairs for a
+        pair task), in input order, with the inputs that were truncated. `progress`: a bar over
+        the batches (None: on terminals only)."""
+        spec = self.tasks.check(task)
+        rows = _as_rows(task, spec.is_pair, inputs)
         if not rows:
             return Predictions(task, [], [], self.model_cfg.max_length)
         examples = [Example(str(i), texts, None) for i, texts in enumerate(rows)]
         m = self.model_cfg
-        data = EncodedTask(TASKS[task], examples, self.tokenizer, TASKS[task].pair_encoding or m.pair_encoding, m.max_length)
+        data = EncodedTask(spec, examples, self.tokenizer, spec.pair_encoding or m.pair_encoding, m.max_length)
         outputs = head_outputs(lambda indices: self.backend(task, data, indices), task, data, self.batch_size, progress)
         return Predictions(task, self._results(task, outputs), self._truncated(data, rows), self.model_cfg.max_length)
 
     def _results(self, task: str, outputs: torch.Tensor) -> list:
-        """By the task's kind: (label, name, probabilities) for classification (SST and declared
-        tasks), (probability, decision) for binary tasks, the score for regression."""
-        spec = TASKS[task]
+        """By the task's kind: a Classification (label, name, probabilities), a Binary decision
+        (probability, positive), or the score for regression."""
+        spec = self.tasks[task]
         if spec.kind == "classification":
             probabilities = torch.softmax(outputs, dim=-1).tolist()
             labels = outputs.argmax(dim=-1).tolist()  # argmax of the logits, as TaskSpec.predict
             names = spec.label_names or tuple(str(k) for k in range(spec.num_classes))
-            return [Sentiment(k, names[k], tuple(p)) for k, p in zip(labels, probabilities)]
+            return [Classification(k, names[k], tuple(p)) for k, p in zip(labels, probabilities)]
         if spec.kind == "binary":
             decisions = (outputs > probability_logit(self.threshold)).tolist()  # TaskSpec.predict at 0.5
-            return [Paraphrase(p, d) for p, d in zip(torch.sigmoid(outputs).tolist(), decisions)]
+            return [Binary(p, d) for p, d in zip(torch.sigmoid(outputs).tolist(), decisions)]
         low, high = spec.value_range
         return outputs.clamp(low, high).tolist()  # a cosine head can overshoot its range by an ulp
 
@@ -249,9 +205,8 @@ class Predictor:
         return flags
 
 
-def _as_rows(task: str, inputs: Sequence) -> list[tuple[str, ...]]:
-    """Texts (sst) or pairs (para, sts) as tuples of strings; a clear TypeError otherwise."""
-    pair = TASKS[task].is_pair
+def _as_rows(task: str, pair: bool, inputs: Sequence) -> list[tuple[str, ...]]:
+    """Texts (a single-text task) or pairs (a pair task) as tuples of strings; a clear TypeError otherwise."""
     if isinstance(inputs, (str, bytes)):
         raise TypeError(f"{task}: pass a list of {'(text, text) pairs' if pair else 'texts'}, not a single string")
     rows = []
@@ -266,8 +221,7 @@ def _as_rows(task: str, inputs: Sequence) -> list[tuple[str, ...]]:
     return rows
 
 
-def split_inputs(data_dir: str | Path, split: str = "dev", limit: int | None = None,
-                 tasks: Sequence[str] = SEED_TASKS) -> dict[str, list]:  # fmt: skip
-    """A data split's inputs as the Predictor takes them (sst: texts; para, sts: pairs), file order."""
-    return {task: [e.texts if TASKS[task].is_pair else e.texts[0] for e in TASKS[task].read(Path(data_dir), split).examples][:limit]
-            for task in tasks}  # fmt: skip
+def split_inputs(data_dir: str | Path, tasks: TaskSet, split: str = "dev", limit: int | None = None) -> dict[str, list]:
+    """A data split's inputs for each of `tasks` as the Predictor takes them (texts, or pairs), file order."""
+    return {task: [e.texts if spec.is_pair else e.texts[0] for e in spec.read(Path(data_dir), split).examples][:limit]
+            for task, spec in tasks.items()}  # fmt: skip

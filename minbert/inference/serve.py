@@ -3,7 +3,10 @@
     POST /v1/sentiment   {"texts": ["the movie was a triumph", ...]}
     POST /v1/paraphrase  {"pairs": [["How do I learn Python?", "What is the best way to learn Python?"], ...]}
     POST /v1/similarity  {"pairs": [["A man plays a guitar.", "A person plays music."], ...]}
-    GET  /health, GET /v1/model (checkpoint, run config, dev scores, limits), GET /docs (OpenAPI)
+    POST /v1/predict/{task}  {"texts": [...]} or {"pairs": [...]}: any task of the model (a run's
+                         declared tasks too), answered by the task's kind (classification: label,
+                         name, probabilities; binary: probability, positive; regression: score)
+    GET  /health, GET /v1/model (checkpoint, run config, dev scores, tasks, limits), GET /docs (OpenAPI)
 
 Concurrent requests are micro-batched: each task has a `MicroBatcher`, whose worker takes the
 first waiting request, waits up to `batch_wait_ms` for more (at most `max_batch` inputs in all),
@@ -40,10 +43,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from minbert.config import to_dict
-from minbert.heads import SIMILARITY_SCALE
+from minbert.inference.io import class_names, result_fields
 from minbert.inference.predictor import Predictions, Predictor
 from minbert.inference.serve_limits import Limits
-from minbert.tasks import SST_LABEL_NAMES, TASKS
+from minbert.tasks.heads import SIMILARITY_SCALE
+from minbert.tasks.spec import BUILTIN
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 ENDPOINTS = {"sst": "/v1/sentiment", "para": "/v1/paraphrase", "sts": "/v1/similarity"}
@@ -149,6 +153,20 @@ def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
     return TextsRequest, PairsRequest
 
 
+def predict_request_model(limits: Limits) -> type[BaseModel]:
+    """The body of POST /v1/predict/{task}: {"texts": [...]} for a single-text task, or
+    {"pairs": [[a, b], ...]} for a pair task (which one the task takes is checked per task)."""
+    Text = Annotated[str, Field(max_length=limits.max_chars)]
+    items = {"min_length": 1, "max_length": limits.max_texts}
+
+    class PredictRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        texts: list[Text] | None = Field(None, description="a single-text task's inputs", **items)
+        pairs: list[tuple[Text, Text]] | None = Field(None, description="a pair task's inputs", **items)
+
+    return PredictRequest
+
+
 class SentimentResult(BaseModel):
     label: int = Field(description="SST-5 class, 0 (very negative) to 4 (very positive)")
     name: str
@@ -167,17 +185,32 @@ class SimilarityResult(BaseModel):
     truncated: bool
 
 
-R = TypeVar("R", SentimentResult, ParaphraseResult, SimilarityResult)
+class KindResult(BaseModel):
+    """A result of /v1/predict/{task}, with the fields of the task's kind."""
+
+    label: int | None = Field(None, description="classification: the class")
+    name: str | None = Field(None, description="classification: the class's name")
+    probabilities: list[float] | None = Field(None, description="classification: softmax of the logits")
+    probability: float | None = Field(None, description="binary: sigmoid of the logit")
+    positive: bool | None = Field(None, description="binary: probability above the model's threshold")
+    score: float | None = Field(None, description="regression: the score, in the task's range")
+    truncated: bool
+
+
+R = TypeVar("R", SentimentResult, ParaphraseResult, SimilarityResult, KindResult)
 
 
 class Answer(BaseModel, Generic[R]):
     results: list[R]  # in input order
 
 
-def _as_json(task: str, result: Any, truncated: bool) -> dict:
-    if task == "sts":
-        return {"score": result, "truncated": truncated}
-    return dataclasses.asdict(result) | {"truncated": truncated}
+def _as_json(route: str, result: Any, truncated: bool) -> dict:
+    """A result as its route answers it: by kind (result_fields) on /v1/predict/{task}; the
+    paraphrase route keeps its documented `is_paraphrase` for the binary decision."""
+    fields = result_fields(result)
+    if route == ENDPOINTS["para"] and "positive" in fields:
+        fields = {"probability": fields["probability"], "is_paraphrase": fields["positive"]}
+    return fields | {"truncated": truncated}
 
 
 # ---------------------------------------------------------------------------------------
@@ -258,7 +291,7 @@ def create_app(predictor: Predictor, limits: Limits = DEFAULT_LIMITS) -> FastAPI
     async def lifespan(app: FastAPI):
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minbert-predict")  # torch calls never overlap
         batchers.update({task: MicroBatcher(task, predictor.predict, executor, limits.max_batch,
-                                            limits.batch_wait_ms / 1000) for task in TASKS})  # fmt: skip
+                                            limits.batch_wait_ms / 1000) for task in predictor.tasks})  # fmt: skip
         workers = [asyncio.create_task(b.run(), name=f"batcher-{t}") for t, b in batchers.items()]
         try:
             yield
@@ -269,7 +302,7 @@ def create_app(predictor: Predictor, limits: Limits = DEFAULT_LIMITS) -> FastAPI
             executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="minbert", version="1", lifespan=lifespan,
-                  description="SST-5 sentiment, Quora paraphrase and STS-B similarity from one fine-tuned BERT. "
+                  description=f"The tasks {', '.join(predictor.tasks)} from one fine-tuned BERT. "
                               f"Model: {predictor.source or 'in memory'}.")  # fmt: skip
     app.add_middleware(RequestGuard, max_bytes=limits.max_body_bytes)
 
@@ -285,23 +318,38 @@ def create_app(predictor: Predictor, limits: Limits = DEFAULT_LIMITS) -> FastAPI
     async def server_error(request: Request, exc: Exception) -> JSONResponse:  # a bug of ours, not a bad request
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, 500)
 
-    async def answer(task: str, inputs: list) -> dict:
+    async def answer(task: str, inputs: list, route: str) -> dict:
+        if task not in batchers:
+            raise StarletteHTTPException(404, f"this model has no task {task!r}; its tasks: {list(predictor.tasks)}")
         results, truncated = await batchers[task](inputs)
-        return {"results": [_as_json(task, r, t) for r, t in zip(results, truncated)]}
+        return {"results": [_as_json(route, r, t) for r, t in zip(results, truncated)]}
 
     TextsRequest, PairsRequest = request_models(limits)
+    PredictRequest = predict_request_model(limits)
 
     @app.post("/v1/sentiment", response_model=Answer[SentimentResult], summary="SST-5 sentiment of each text")
     async def sentiment(body: TextsRequest) -> dict:
-        return await answer("sst", body.texts)
+        return await answer("sst", body.texts, ENDPOINTS["sst"])
 
     @app.post("/v1/paraphrase", response_model=Answer[ParaphraseResult], summary="Are the two questions paraphrases?")
     async def paraphrase(body: PairsRequest) -> dict:
-        return await answer("para", [tuple(p) for p in body.pairs])
+        return await answer("para", [tuple(p) for p in body.pairs], ENDPOINTS["para"])
 
     @app.post("/v1/similarity", response_model=Answer[SimilarityResult], summary="STS-B similarity of each pair")
     async def similarity(body: PairsRequest) -> dict:
-        return await answer("sts", [tuple(p) for p in body.pairs])
+        return await answer("sts", [tuple(p) for p in body.pairs], ENDPOINTS["sts"])
+
+    @app.post("/v1/predict/{task}", response_model=Answer[KindResult], response_model_exclude_none=True,
+              summary="Any task of the model: texts or pairs, as the task takes them")  # fmt: skip
+    async def predict(task: str, body: PredictRequest) -> dict:
+        spec = predictor.tasks.get(task)
+        if spec is None:
+            raise StarletteHTTPException(404, f"this model has no task {task!r}; its tasks: {list(predictor.tasks)}")
+        given, wanted = ("pairs" if body.pairs is not None else "texts"), ("pairs" if spec.is_pair else "texts")
+        if (body.pairs is None) == (body.texts is None) or given != wanted:
+            raise StarletteHTTPException(422, f"task {task!r} takes {wanted!r}: send {{{wanted!r}: [...]}} and nothing else")
+        inputs = [tuple(p) for p in body.pairs] if spec.is_pair else body.texts
+        return await answer(task, inputs, f"/v1/predict/{task}")
 
     @app.get("/health", summary="Up, with request and forward counts per task")
     async def health() -> dict:
@@ -320,18 +368,29 @@ def create_app(predictor: Predictor, limits: Limits = DEFAULT_LIMITS) -> FastAPI
     return app
 
 
+def describe_task(predictor: Predictor, task: str) -> dict:
+    """One task as GET /v1/model lists it: its kind, input, what its answers mean, its routes."""
+    spec = predictor.tasks[task]
+    about = {"kind": spec.kind, "input": "pairs" if spec.is_pair else "texts", "columns": list(spec.text_columns)}
+    if spec.kind == "classification":
+        about["labels"] = list(class_names(spec))
+    elif spec.kind == "binary":
+        about["threshold"] = predictor.threshold
+    else:
+        about["scale"] = list(spec.value_range)
+    seed_route = ENDPOINTS.get(task) if spec == BUILTIN.get(task) else None
+    return {"endpoint": seed_route or f"/v1/predict/{task}", "predict_endpoint": f"/v1/predict/{task}", **about}
+
+
 def describe(predictor: Predictor, limits: Limits) -> dict:
     """What GET /v1/model answers."""
-    tasks = {"sst": {"input": "texts", "labels": list(SST_LABEL_NAMES)},
-             "para": {"input": "pairs", "threshold": predictor.threshold},
-             "sts": {"input": "pairs", "scale": [0.0, SIMILARITY_SCALE]}}  # fmt: skip
     return {
         "checkpoint": predictor.source or None,
         "backend": predictor.backend_name,
         "config": to_dict(predictor.run_config) if predictor.run_config else None,
         "dev": predictor.dev_scores,
         "max_length": predictor.model_cfg.max_length,
-        "tasks": {task: {"endpoint": ENDPOINTS[task], **about} for task, about in tasks.items()},
+        "tasks": {task: describe_task(predictor, task) for task in predictor.tasks},
         "paraphrase_threshold": predictor.threshold,
         "limits": dataclasses.asdict(limits),
     }

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minbert.metrics import pearson
-from minbert.run_state import atomic_write
-from minbert.tasks import SST_CLASS_NAMES
+from minbert.tasks.metrics import pearson
+from minbert.run_files import atomic_write
+from minbert.tasks.spec import SST_CLASS_NAMES
 
 CURVES = "curves.png"
 DEV_OUTPUTS = "dev-outputs.json"  # per task: ids, gold, prediction, soft (see write_dev_outputs)

@@ -24,12 +24,13 @@ import torch
 
 from minbert import distributed
 from minbert.config import RunConfig
-from minbert.data import DataError
 from minbert.evaluation import dev_scores, head_outputs, overall_formula, prediction_path, write_predictions
-from minbert.inference.predictor import TorchBackend
-from minbert.multitask import EncodedTask
-from minbert.run_state import BEST, LAST, atomic_write
-from minbert.tasks import TASKS, head_task, specs_of
+from minbert.inference.backends import TorchBackend
+from minbert.run_files import BEST, LAST, atomic_write
+from minbert.runs import encode_all, load_trained, needed_splits, read_all
+from minbert.tasks.data import soft_labels_path, write_soft_labels
+from minbert.tasks.encoding import EncodedTask
+from minbert.tasks.spec import TaskSet, TaskSpec, head_task
 from minbert.tokenizer import WordPieceTokenizer
 
 ENSEMBLE_FILE = "ensemble.json"
@@ -42,18 +43,17 @@ P_MIN = 1e-12
 # Averaging
 
 
-def mean_soft(task: str, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+def mean_soft(spec: TaskSpec, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
     """The members' raw head outputs for the same inputs -> the mean of their soft predictions,
     in float64: class probabilities (N, K), P(positive) (N,) or scores (N,)."""
-    spec = TASKS[task]
     return torch.stack([spec.soft_predict(o.double()) for o in outputs]).mean(dim=0)
 
 
-def pseudo_logits(task: str, soft: torch.Tensor) -> torch.Tensor:
+def pseudo_logits(spec: TaskSpec, soft: torch.Tensor) -> torch.Tensor:
     """Soft predictions -> float32 outputs that read as the head's: log p for classification
     (softmax gives p back, argmax is p's), logit p for binary (sigmoid gives p back; > 0 exactly
     when p > 0.5), the score itself for regression."""
-    kind, soft = TASKS[task].kind, soft.double()
+    kind, soft = spec.kind, soft.double()
     if kind == "classification":
         return soft.clamp_min(P_MIN).log().float()
     if kind == "binary":
@@ -61,9 +61,9 @@ def pseudo_logits(task: str, soft: torch.Tensor) -> torch.Tensor:
     return soft.float()
 
 
-def combine(task: str, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+def combine(spec: TaskSpec, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
     """The ensemble's output: the members' raw outputs averaged as soft predictions, as pseudo-logits."""
-    return pseudo_logits(task, mean_soft(task, outputs))
+    return pseudo_logits(spec, mean_soft(spec, outputs))
 
 
 # ---------------------------------------------------------------------------------------
@@ -81,7 +81,7 @@ class Member:
 def disagreements(first: Member, other: Member) -> list[str]:
     """What `other` does not share with `first` among what an average needs: the tasks (names and
     declarations), the tokenizer vocab, model.pair_encoding and model.max_length."""
-    ours, theirs = specs_of(first.cfg.tasks), specs_of(other.cfg.tasks)
+    ours, theirs = TaskSet.of(first.cfg.tasks), TaskSet.of(other.cfg.tasks)
     out = []
     if sorted(theirs) != sorted(ours):
         out.append(f"tasks ({sorted(theirs)}, not {sorted(ours)})")
@@ -103,10 +103,7 @@ class Ensemble:
     def __init__(self, members: list[Member], overrides: Sequence[str] = ()):
         self.members, self.overrides = members, list(overrides)
         self.cfg, self.tokenizer = members[0].cfg, members[0].tokenizer  # the first member's, as agreed
-
-    @property
-    def tasks(self) -> list[str]:
-        return list(specs_of(self.cfg.tasks))
+        self.tasks = TaskSet.of(self.cfg.tasks)
 
     def cost(self) -> str:
         """What one input costs, in words."""
@@ -117,7 +114,7 @@ class Ensemble:
 
     def __call__(self, task: str, data: EncodedTask, indices: list[int]) -> torch.Tensor:
         head = head_task(task)
-        return combine(head, [m.backend(head, data, indices) for m in self.members])
+        return combine(self.tasks[task], [m.backend(head, data, indices) for m in self.members])
 
     def member_outputs(self, task: str, data: EncodedTask, progress: bool | None = None) -> list[torch.Tensor]:
         """Each member's raw head outputs for every example of `data` (the head of `head_task(task)`),
@@ -131,8 +128,6 @@ def load_ensemble(runs: Sequence[str | Path], overrides: Sequence[str] = (),
                   device: str | torch.device | None = None) -> Ensemble:  # fmt: skip
     """Members from run directories (their best.safetensors) or checkpoint files, `overrides`
     applied to each; a ValueError names the first member that does not fit the first one."""
-    from minbert.train import load_trained
-
     if not runs:
         raise ValueError("an ensemble needs at least one run")
     device = torch.device(device) if device else distributed.default_device()
@@ -177,16 +172,14 @@ def predict_ensemble(runs: Sequence[str | Path], out_dir: str | Path, overrides:
     test) splits, metrics.json, ensemble.json, and train-soft-{task}.jsonl for `soft_tasks`.
     Every member is loaded and every data file read before the first prediction; every file is
     written atomically. Returns the ensemble's dev scores."""
-    from minbert.train import encode_all, needed_splits, read_all
-
     out_dir = Path(out_dir)
     if any((out_dir / name).exists() for name in (BEST, LAST)):
         raise ValueError(f"{out_dir}: holds a training run; write the ensemble into a directory of its own")
     ensemble = load_ensemble(runs, overrides, device)
     cfg = ensemble.cfg
     for task in soft_tasks:
-        if head_task(task) not in ensemble.tasks:  # a train-only task (sst_phrases) is its owner's (sst)
-            raise ValueError(f"--soft-labels {task}: not a task of the members {ensemble.tasks}, nor a "
+        if task not in ensemble.tasks.trainable:  # a train-only task (sst_phrases) is its owner's (sst)
+            raise ValueError(f"--soft-labels {task}: not a task of the members {list(ensemble.tasks)}, nor a "
                              f"train-only task of one")  # fmt: skip
     splits = needed_splits(cfg, train=False, test=test)
     if soft_tasks:
@@ -197,16 +190,16 @@ def predict_ensemble(runs: Sequence[str | Path], out_dir: str | Path, overrides:
     outputs = {(split, task): ensemble.member_outputs(task, encoded, progress)
                for split, tasks in data.items() for task, encoded in tasks.items()}  # fmt: skip
     dev = data["dev"]
-    scores = _scores({task: combine(task, outputs["dev", task]) for task in dev}, dev)
+    scores = _scores({task: combine(dev[task].spec, outputs["dev", task]) for task in dev}, dev)
     members = [{"path": str(m.path), "dev": _scores({task: outputs["dev", task][i] for task in dev}, dev)}
                for i, m in enumerate(ensemble.members)]  # fmt: skip
     for (split, task), outs in outputs.items():
-        ids = data[split][task].ids
+        ids, spec = data[split][task].ids, data[split][task].spec
         if split == "train":
-            _write_soft_labels(soft_labels_path(out_dir, task), ids, mean_soft(head_task(task), outs))
+            write_soft_labels(soft_labels_path(out_dir, task), ids, mean_soft(spec, outs))
         else:
-            predictions = TASKS[task].predict(combine(task, outs)).float().tolist()
-            write_predictions(prediction_path(out_dir, task, split), ids, predictions, task)
+            predictions = spec.predict(combine(spec, outs)).float().tolist()
+            write_predictions(prediction_path(out_dir, spec, split), ids, predictions, spec)
     _write_json(out_dir / "metrics.json", {**scores, "overall_formula": overall_formula(dev), "members": members})
     _write_json(out_dir / ENSEMBLE_FILE, {"members": [str(m.path) for m in ensemble.members],
                                           "overrides": ensemble.overrides, "member_count": len(ensemble.members),
@@ -216,67 +209,10 @@ def predict_ensemble(runs: Sequence[str | Path], out_dir: str | Path, overrides:
 
 def _scores(outputs: dict[str, torch.Tensor], dev: dict[str, EncodedTask]) -> dict[str, float]:
     """Dev scores of head outputs (a model's or pseudo-logits), rounded as a run's metrics.json."""
-    predictions = {task: TASKS[task].predict(o).float().tolist() for task, o in outputs.items()}
+    predictions = {task: dev[task].spec.predict(o).float().tolist() for task, o in outputs.items()}
     return {k: round(v, 4) for k, v in dev_scores(predictions, dev).items()}
 
 
 def _write_json(path: Path, value: dict) -> None:
     text = json.dumps(value, indent=2) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-# ---------------------------------------------------------------------------------------
-# Soft labels for distillation
-
-
-def soft_labels_path(ensemble_dir: str | Path, task: str) -> Path:
-    return Path(ensemble_dir) / f"train-soft-{task}.jsonl"
-
-
-def _write_soft_labels(path: Path, ids: list[str], soft: torch.Tensor) -> None:
-    """One JSON line per example, in input order: {"id": ..., "soft": a float or a list of floats}."""
-    lines = "".join(json.dumps({"id": i, "soft": s}) + "\n" for i, s in zip(ids, soft.tolist()))
-    atomic_write(path, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
-
-
-def load_soft_labels(ensemble_dir: str | Path, task: str, ids: Sequence[str]) -> torch.Tensor:
-    """The soft labels `minbert ensemble --soft-labels` wrote for `task`, in the order of `ids`:
-    float32 (N, K) class probabilities or (N,) values. A malformed line is a DataError naming
-    file:line; an id without a label, one naming the file and the first such id."""
-    path = soft_labels_path(ensemble_dir, task)
-    if not path.is_file():
-        raise DataError(path, None, f"no soft labels for {task}: write them with `minbert ensemble RUN ... "
-                                    f"--out {ensemble_dir} --soft-labels {task}`")  # fmt: skip
-    labels: dict[str, float | list[float]] = {}
-    size = None  # K, or 0 for one value per example: the first line's, which every line must match
-    for line, raw in enumerate(path.read_bytes().splitlines(), start=1):
-        try:
-            ex_id, soft = _soft_line(raw)
-            shape = len(soft) if isinstance(soft, list) else 0
-            if size is not None and shape != size:
-                raise ValueError(f"'soft' has {shape or 'one value'}, earlier lines {size or 'one value'}")
-            if ex_id in labels:
-                raise ValueError(f"duplicate id {ex_id!r}")
-        except ValueError as e:
-            raise DataError(path, line, str(e)) from None
-        size, labels[ex_id] = shape, soft
-    missing = [i for i in ids if i not in labels]
-    if missing:
-        raise DataError(path, None, f"no soft label for id {missing[0]!r} ({len(missing)} of {len(ids)} ids missing)")
-    return torch.tensor([labels[i] for i in ids], dtype=torch.float32)
-
-
-def _soft_line(raw: bytes) -> tuple[str, float | list[float]]:
-    """One line of a soft-label file -> (id, soft); a ValueError with the reason otherwise."""
-    try:
-        obj = json.loads(raw)
-    except ValueError as e:  # not JSON, or not UTF-8
-        raise ValueError(f"not valid JSON ({e})") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or "soft" not in obj:
-        raise ValueError('expected a JSON object {"id": "<example id>", "soft": <number or list of numbers>}')
-    soft = obj["soft"]
-    values = soft if isinstance(soft, list) else [soft]
-    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < float("inf")
-                             for v in values):  # fmt: skip
-        raise ValueError(f"'soft' must be a finite number or a non-empty list of them, got {soft!r}")
-    return obj["id"], soft

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from minbert.data import DataError, Example
+from minbert.tasks.data import DataError, Example
 
 
 def parse_tree(line: str) -> tuple[int, list]:

@@ -83,7 +83,7 @@ class MaskedLMTask:
         return len(self.seqs)
 
     def loss(self, bert: BertModel, indices: list[int], device) -> torch.Tensor:
-        from minbert.data import pad_batch
+        from minbert.tasks.data import pad_batch
 
         ids, mask = pad_batch([self.seqs[i] for i in indices], self.pad_id)
         # [CLS] is first and [SEP] last in every sequence; padding is masked out too.

@@ -14,6 +14,8 @@ from pathlib import Path
 from minbert.config import load_config
 from minbert.configs import resolve_config
 from minbert.reports.plots import draw_or_explain, pyplot, save_figure
+from minbert.training.recipe import train
+from minbert.training.state import TrainOptions
 
 # The seed report's Table 1 (test set): overall, SST, Para, STS.
 REPORT = {
@@ -36,8 +38,6 @@ CONTINUES = {"E": "D", "F": "E"}
 
 
 def reproduce(out: Path, models: list[str], overrides: list[str] = (), progress: bool = True) -> dict:
-    from minbert.train import train
-
     out.mkdir(parents=True, exist_ok=True)
     models = [m.strip().upper() for m in models]
     unknown = [m for m in models if m not in REPORT]
@@ -55,8 +55,8 @@ def reproduce(out: Path, models: list[str], overrides: list[str] = (), progress:
         init_from = out / prev if prev and (out / prev / "metrics.json").exists() else None
         print(f"model {m}: {DESCRIPTION[m]}" + (f" (continuing from {prev})" if init_from else ""), flush=True)
         started = time.time()
-        scores = train(configs[m], run_dir, progress=progress, init_from=init_from,
-                       resume=(run_dir / "config.yaml").exists())  # a run stopped part-way goes on
+        resume = (run_dir / "config.yaml").exists()  # a run stopped part-way goes on
+        scores = train(configs[m], run_dir, TrainOptions(resume=resume, init_from=init_from, progress=progress))
         results[m] = {**scores, "wall_s": round(time.time() - started, 1), "continued_from": prev if init_from else None}
         (run_dir / "metrics.json").write_text(json.dumps(results[m], indent=2) + "\n")
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

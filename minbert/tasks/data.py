@@ -1,4 +1,5 @@
-"""Reading, validating, tokenising and batching the CS224N-format data files.
+"""Reading, validating and batching the data files (CS224N's format and others), and the
+soft-label files an ensemble writes for distillation.
 
 Every file is UTF-8, tab-separated, with a header row. Columns are found by name in the
 header, so the SST test file's odd header (`0<TAB><TAB>id<TAB>sentence`) reads like the others.
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+
+from minbert.run_files import atomic_write
 
 # The longest real row is a few KB. A longer line is rejected before csv sees it (a lost line
 # break, a binary file), so csv's own field limit is never the one that fails.
@@ -115,6 +118,7 @@ def read_table(
     if not path.exists():
         raise DataError(path, None, "file not found")
     needed = [id_column, *text_columns] + ([label_column] if label_column else [])
+    schema = RowSchema(tuple(text_columns), label_column, parse_label, id_column, fmt)
     examples: list[Example] = []
     skipped: list[tuple[int, str]] = []
     seen_ids: set[str] = set()
@@ -131,8 +135,7 @@ def read_table(
                     if header is None:
                         header, col = row, _columns(row, needed, fmt)
                         continue
-                examples.append(_parse_row(row, header, col, text_columns, label_column, parse_label, seen_ids,
-                                           id_column, fmt))  # fmt: skip
+                examples.append(_parse_row(row, header, col, schema, seen_ids))
             except ValueError as e:
                 if header is None or not skip_bad_rows:
                     raise DataError(path, line, str(e)) from None
@@ -207,12 +210,26 @@ def _columns(header: list[str], needed: list[str], fmt: str = "tsv") -> dict[str
     return {c: header.index(c) for c in needed}
 
 
-def _parse_row(row, header, col, text_columns, label_column, parse_label, seen_ids, id_column="id", fmt="tsv") -> Example:
+@dataclass(frozen=True)
+class RowSchema:
+    """What a file's rows must hold: text columns, a label column (None: a held-out file) and its
+    parser, the id column, and the file's format."""
+
+    text_columns: tuple[str, ...]
+    label_column: str | None
+    parse_label: Callable[[str], float | int] | None
+    id_column: str = "id"
+    fmt: str = "tsv"
+
+
+def _parse_row(row: list[str], header: list[str], col: dict[str, int], schema: RowSchema, seen_ids: set[str]) -> Example:
+    text_columns, label_column = schema.text_columns, schema.label_column
     if not row:
         raise ValueError("empty line")
     if len(row) != len(header):
-        raise ValueError(f"expected {len(header)} {'comma' if fmt == 'csv' else 'tab'}-separated fields, found {len(row)}")
-    ex_id = row[col[id_column]].strip()
+        sep = "comma" if schema.fmt == "csv" else "tab"
+        raise ValueError(f"expected {len(header)} {sep}-separated fields, found {len(row)}")
+    ex_id = row[col[schema.id_column]].strip()
     if not ex_id:
         raise ValueError("empty id")
     if ex_id in seen_ids:
@@ -225,7 +242,7 @@ def _parse_row(row, header, col, text_columns, label_column, parse_label, seen_i
     if label_column is not None:
         raw = row[col[label_column]].strip()
         try:
-            label = parse_label(raw)
+            label = schema.parse_label(raw)
         except ValueError as e:
             raise ValueError(f"bad {label_column} {_clip(repr(raw))}: {e}") from None
     seen_ids.add(ex_id)
@@ -269,3 +286,61 @@ def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[j : j + batch_size] for j in range(0, len(order), batch_size)]
 
+
+
+# ---------------------------------------------------------------------------------------
+# Soft labels for distillation: `minbert ensemble --soft-labels` writes them, a run with
+# train.distill_from reads them.
+
+
+def soft_labels_path(ensemble_dir: str | Path, task: str) -> Path:
+    return Path(ensemble_dir) / f"train-soft-{task}.jsonl"
+
+
+def write_soft_labels(path: Path, ids: list[str], soft: torch.Tensor) -> None:
+    """One JSON line per example, in input order: {"id": ..., "soft": a float or a list of floats}."""
+    lines = "".join(json.dumps({"id": i, "soft": s}) + "\n" for i, s in zip(ids, soft.tolist()))
+    atomic_write(path, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
+
+
+def load_soft_labels(ensemble_dir: str | Path, task: str, ids: Sequence[str]) -> torch.Tensor:
+    """The soft labels `minbert ensemble --soft-labels` wrote for `task`, in the order of `ids`:
+    float32 (N, K) class probabilities or (N,) values. A malformed line is a DataError naming
+    file:line; an id without a label, one naming the file and the first such id."""
+    path = soft_labels_path(ensemble_dir, task)
+    if not path.is_file():
+        raise DataError(path, None, f"no soft labels for {task}: write them with `minbert ensemble RUN ... "
+                                    f"--out {ensemble_dir} --soft-labels {task}`")  # fmt: skip
+    labels: dict[str, float | list[float]] = {}
+    size = None  # K, or 0 for one value per example: the first line's, which every line must match
+    for line, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            ex_id, soft = _soft_line(raw)
+            shape = len(soft) if isinstance(soft, list) else 0
+            if size is not None and shape != size:
+                raise ValueError(f"'soft' has {shape or 'one value'}, earlier lines {size or 'one value'}")
+            if ex_id in labels:
+                raise ValueError(f"duplicate id {ex_id!r}")
+        except ValueError as e:
+            raise DataError(path, line, str(e)) from None
+        size, labels[ex_id] = shape, soft
+    missing = [i for i in ids if i not in labels]
+    if missing:
+        raise DataError(path, None, f"no soft label for id {missing[0]!r} ({len(missing)} of {len(ids)} ids missing)")
+    return torch.tensor([labels[i] for i in ids], dtype=torch.float32)
+
+
+def _soft_line(raw: bytes) -> tuple[str, float | list[float]]:
+    """One line of a soft-label file -> (id, soft); a ValueError with the reason otherwise."""
+    try:
+        obj = json.loads(raw)
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise ValueError(f"not valid JSON ({e})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or "soft" not in obj:
+        raise ValueError('expected a JSON object {"id": "<example id>", "soft": <number or list of numbers>}')
+    soft = obj["soft"]
+    values = soft if isinstance(soft, list) else [soft]
+    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < float("inf")
+                             for v in values):  # fmt: skip
+        raise ValueError(f"'soft' must be a finite number or a non-empty list of them, got {soft!r}")
+    return obj["id"], soft

@@ -13,8 +13,9 @@ import torch
 
 from minbert import distributed
 from minbert.evaluation import dev_scores, hard_and_soft, head_outputs, model_outputs
+from minbert.inference.backends import INT8_BATCH, int8_backend
 from minbert.reports.plots import DEV_OUTPUTS, draw_evaluation, draw_or_explain, write_dev_outputs
-from minbert.train import encode_all, load_trained, needed_splits, read_all
+from minbert.runs import encode_all, load_trained, needed_splits, read_all
 
 
 def run_directory(checkpoint: str | Path) -> Path:
@@ -27,20 +28,18 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides=(), plots_dir: str | P
                         backend: str = "torch") -> dict:  # fmt: skip
     """Dev scores of a model saved by `train`; writes dev-outputs.json and the three dev
     pictures into plots_dir (default: the checkpoint's run directory). `backend` "int8": the
-    model's int8 ONNX graphs in onnxruntime, on the CPU (minbert.inference.predictor.int8_backend)."""
+    model's int8 ONNX graphs in onnxruntime, on the CPU (minbert.inference.backends.int8_backend)."""
     device = torch.device(device) if device else distributed.default_device()
     model, tokenizer, cfg = load_trained(checkpoint, list(overrides))
     dev = encode_all(read_all(cfg, needed_splits(cfg, train=False, test=False)), tokenizer, cfg)["dev"]
     batch = cfg.train.eval_batch_size
     if backend == "int8":
-        from minbert.inference.predictor import INT8_BATCH, int8_backend
-
         run = int8_backend(model, tokenizer, cfg)
-        outputs = {task: hard_and_soft(task, head_outputs(lambda idx, t=task: run(t, dev[t], idx), task, dev[task],
+        outputs = {task: hard_and_soft(dev[task].spec, head_outputs(lambda idx, t=task: run(t, dev[t], idx), task, dev[task],
                                                           INT8_BATCH)) for task in dev}  # fmt: skip
     else:
         model.to(device)
-        outputs = {task: hard_and_soft(task, model_outputs(model, task, dev[task], batch, None, device, cfg.train.precision))
+        outputs = {task: hard_and_soft(dev[task].spec, model_outputs(model, task, dev[task], batch, None, device, cfg.train.precision))
                    for task in dev}  # fmt: skip
     scores = dev_scores({task: hard for task, (hard, _) in outputs.items()}, dev)
     plots_dir = Path(plots_dir) if plots_dir else run_directory(checkpoint)

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from minbert.data import sorted_batches
-from minbert.multitask import EncodedTask, MultitaskBert
-from minbert.run_state import atomic_write
+from minbert.tasks.data import sorted_batches
+from minbert.multitask import MultitaskBert
+from minbert.tasks.encoding import EncodedTask
+from minbert.run_files import atomic_write
 
 
 def encoder_fingerprint(model: MultitaskBert) -> str:

@@ -1,0 +1,110 @@
+"""A task's data tokenised once (`EncodedTask`) and cut into padded batches (`Batch`).
+
+A batch of sentence pairs encoded siamese-style puts both sides through the encoder in one
+forward: the (2B, T) batch holds the B first sentences, then the B second ones. Cross-encoded
+pairs are one sequence each, `[CLS] a [SEP] b [SEP]`, with segment ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from minbert.tasks.data import Example, pad_batch
+from minbert.tasks.spec import TaskSpec
+from minbert.tokenizer import WordPieceTokenizer
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (N, T); N = 2B for a siamese pair batch
+    attention_mask: torch.Tensor  # (N, T)
+    token_type_ids: torch.Tensor | None  # (N, T) for cross-encoded pairs
+    siamese: bool
+    labels: torch.Tensor | None  # (B,) or (B, ...) when labelled
+    indices: list[int]  # positions of the examples in their EncodedTask
+
+    def to(self, device: torch.device | str) -> "Batch":
+        pin = torch.device(device).type == "cuda"  # pinned host memory: asynchronous copies
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            return (t.pin_memory() if pin else t).to(device, non_blocking=True)
+
+        return Batch(move(self.input_ids), move(self.attention_mask), move(self.token_type_ids),
+                     self.siamese, move(self.labels), self.indices)  # fmt: skip
+
+
+class EncodedTask:
+    """One split of one task, tokenised once. Holds ids, token sequences and labels."""
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        examples: list[Example],
+        tokenizer: WordPieceTokenizer,
+        pair_encoding: str = "siamese",
+        max_length: int = 128,
+    ):
+        self.spec = spec
+        self.ids = [e.id for e in examples]
+        self.pad_id = tokenizer.pad_id
+        labelled = examples[0].label is not None
+        self.labels = torch.tensor([e.label for e in examples], dtype=spec.label_dtype) if labelled else None
+        self.soft: torch.Tensor | None = None  # a teacher's soft labels, row i for example i (distillation)
+        self.siamese = spec.is_pair and pair_encoding == "siamese"
+        self.cross = spec.is_pair and not self.siamese  # [CLS] a [SEP] b [SEP]: one sequence per pair
+        self.types: list[list[int]] | None = None
+        self._swapped: tuple[list[list[int]], list[list[int]]] | None = None  # [CLS] b [SEP] a [SEP], made on first use
+        self._swap_inputs = (tokenizer, [e.texts for e in examples], max_length) if self.cross else None
+        if not spec.is_pair:
+            self.sides = [tokenizer.encode([e.texts[0] for e in examples], max_length)]
+        elif self.siamese:
+            self.sides = [tokenizer.encode([e.texts[i] for e in examples], max_length) for i in (0, 1)]
+        else:
+            pairs = tokenizer.encode_pairs([e.texts[0] for e in examples], [e.texts[1] for e in examples], max_length)
+            self.sides = [[ids for ids, _ in pairs]]
+            self.types = [types for _, types in pairs]
+        # The padded length a batch of this example will need: what bucketing sorts on.
+        self.lengths = [max(len(side[i]) for side in self.sides) for i in range(len(self.ids))]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _token_types(self, indices: list[int], swap: list[bool] | None = None) -> torch.Tensor | None:
+        """Padded segment ids of cross-encoded pairs; None for single sequences."""
+        if self.types is None:
+            return None
+        swap = swap or [False] * len(indices)
+        return pad_batch([self._pick(1, i, s) for i, s in zip(indices, swap)], 0)[0]
+
+    def _pick(self, part: int, i: int, swapped: bool) -> list[int]:
+        """Pair i's ids (part 0) or segment ids (part 1), in its own order or the swapped one."""
+        if not swapped:
+            return (self.sides[0] if part == 0 else self.types)[i]
+        if self._swapped is None:
+            tokenizer, texts, max_length = self._swap_inputs
+            pairs = tokenizer.encode_pairs([t[1] for t in texts], [t[0] for t in texts], max_length)
+            self._swapped = ([ids for ids, _ in pairs], [types for _, types in pairs])
+        return self._swapped[part][i]
+
+    def side_batch(self, side: int, indices: list[int]) -> Batch:
+        """One side of the pairs alone (or the sentences / cross-encoded pairs), unlabelled."""
+        input_ids, mask = pad_batch([self.sides[side][i] for i in indices], self.pad_id)
+        return Batch(input_ids, mask, self._token_types(indices), False, None, indices)
+
+    def batch(self, indices: list[int], swap: list[bool] | None = None) -> Batch:
+        """The examples at `indices`, padded; `swap` (cross-encoded pairs): which pairs to encode
+        in the other order, [CLS] b [SEP] a [SEP]."""
+        if swap is not None and not self.cross:
+            raise ValueError(f"{self.spec.name}: only cross-encoded pairs can be swapped")
+        if swap is None:
+            seqs = [side[i] for side in self.sides for i in indices]  # siamese: all a's, then all b's
+        else:
+            seqs = [self._pick(0, i, s) for i, s in zip(indices, swap)]
+        input_ids, mask = pad_batch(seqs, self.pad_id)
+        token_type_ids = self._token_types(indices, swap)
+        labels = self.labels[indices] if self.labels is not None else None
+        return Batch(input_ids, mask, token_type_ids, self.siamese, labels, indices)

@@ -1,0 +1,199 @@
+"""The training loop: a phase (its optimizer, schedule and epochs), an epoch (sampled task
+batches, one optimizer step each, checkpoints when due), and one step's loss.
+
+A phase's epochs are lists of task names (training/samplers.py); each step draws the next batch
+of that task's stream (state.TaskStream). Dev scores at each epoch's end decide best.safetensors
+(probes.keep_if_best); last.safetensors is written at each epoch's end and when the timer says.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+from tqdm import tqdm
+
+from minbert import distributed
+from minbert.config import PhaseConfig
+from minbert.multitask import MultitaskBert
+from minbert.runs import evaluate_dev
+from minbert.tasks.losses import disagreement, distill_loss, task_loss
+from minbert.training.logs import StepLog, append_record, print_epoch
+from minbert.training.probes import keep_if_best, probe
+from minbert.training.samplers import epoch_schedule
+from minbert.training.state import Run
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """Depth of an encoder parameter: embeddings 0, layer i -> i + 1, pooler num_layers + 1."""
+    if name.startswith("bert.embeddings."):
+        return 0
+    if name.startswith("bert.encoder.layer."):
+        return int(name.split(".")[3]) + 1
+    return num_layers + 1
+
+
+def make_optimizer(model: MultitaskBert, phase: PhaseConfig, fused: bool, extra: torch.nn.Module | None = None) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not biases or LayerNorm gains); layer-wise lr decay
+    (Sun et al. 2019): lr_l = lr * decay^(L + 1 - l); heads at head_lr."""
+    L = model.bert.config.num_hidden_layers
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    named = list(model.named_parameters()) + ([("heads.mlm." + n, p) for n, p in extra.named_parameters()] if extra else [])
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        if name.startswith("heads."):
+            lr = phase.head_lr or phase.lr
+        else:
+            lr = phase.lr * phase.layer_lr_decay ** (L + 1 - layer_id(name, L))
+        wd = phase.weight_decay if p.dim() >= 2 else 0.0
+        groups.setdefault((lr, wd), []).append(p)
+    param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+    return torch.optim.AdamW(param_groups, fused=fused or None)
+
+
+def lr_lambda(phase: PhaseConfig, total_steps: int):
+    warmup = int(phase.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if phase.decay == "linear":
+            return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        return 1.0
+
+    return factor
+
+
+def run_phase(run: Run, phase_idx: int) -> bool:
+    """The phase's remaining epochs (all, or the rest of a resumed one); False when the run is to
+    stop here (options.stop_after_epochs), True when the phase is done."""
+    cfg, model, state = run.cfg, run.model, run.progress
+    phase = cfg.train.phases[phase_idx]
+    frozen = phase.mode == "frozen"
+    model.bert.requires_grad_(not frozen)
+    tasks = ["mlm"] if phase.mode == "mlm" else phase.tasks
+    sizes = {t: len(d) for t, d in run.data["train"].items()}
+    schedules = [
+        epoch_schedule(phase.sampler, tasks, sizes, cfg.train.batch_size, e, phase.epochs,
+                       phase.steps_per_epoch, cfg.train.seed + phase_idx)
+        for e in range(phase.epochs)
+    ]  # fmt: skip
+    total_steps = sum(len(s) for s in schedules)
+    run.optimizer = make_optimizer(model, phase, cfg.train.fused_adamw, run.mlm_head if phase.mode == "mlm" else None)
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lr_lambda(phase, total_steps))
+    run.features = None
+    if frozen and cfg.train.cache_features:
+        from minbert.training.features import FrozenFeatures
+
+        run.features = FrozenFeatures(model, run.data, cfg, run.device)
+    ckpt = run.resumed_from
+    if ckpt is not None and state.phase == phase_idx and (state.epoch or state.step_in_epoch):
+        run.optimizer.load_state_dict(ckpt.optimizer)  # a checkpoint taken inside this phase
+        run.scheduler.load_state_dict(ckpt.scheduler)
+    run.resumed_from = None
+
+    for epoch in range(state.epoch, phase.epochs):
+        model.train()
+        if frozen:
+            model.bert.eval()  # a frozen encoder runs without dropout, as its cached vectors do
+        losses = run_epoch(run, phase, schedules[epoch], desc=f"{phase.name} {epoch + 1}/{phase.epochs}")
+        end_epoch(run, phase_idx, epoch, losses)
+        run.epochs_this_call += 1
+        if run.options.stop_after_epochs is not None and run.epochs_this_call >= run.options.stop_after_epochs:
+            return False
+    state.phase, state.epoch = phase_idx + 1, 0  # also for a phase of 0 epochs
+    return True
+
+
+def end_epoch(run: Run, phase_idx: int, epoch: int, losses: dict[str, float]) -> None:
+    """The epoch's record (losses; dev scores where evaluated, and the best checkpoint) logged,
+    the counters moved on, last.safetensors written."""
+    cfg, state = run.cfg, run.progress
+    phase = cfg.train.phases[phase_idx]
+    record = {"phase": phase.name, "phase_index": phase_idx, "epoch": epoch + 1, "step": state.step,
+              "train_loss": losses, "elapsed_s": run.elapsed()}  # fmt: skip
+    if cfg.train.eval_every_epoch or (phase_idx == len(cfg.train.phases) - 1 and epoch == phase.epochs - 1):
+        started = time.time()
+        record["dev"] = evaluate_dev(run.model, run.data["dev"], cfg, run.device, run.features)
+        keep_if_best(run, record)
+        record["eval_s"] = round(time.time() - started, 1)
+    state.history.append(record)
+    if run.main:
+        append_record(run.out_dir / "epochs.jsonl", record)
+        print_epoch(record)
+        if run.tensorboard is not None:
+            run.tensorboard.epoch(record)
+    state.epoch = epoch + 1
+    state.start_epoch()
+    if state.epoch == phase.epochs:  # the checkpoint of a finished phase points at the next
+        state.phase, state.epoch = phase_idx + 1, 0
+    if run.main:
+        run.save_last()
+    distributed.barrier()
+
+
+def run_epoch(run: Run, phase: PhaseConfig, schedule: list[str], desc: str) -> dict[str, float]:
+    """One epoch (or the rest of one, when resumed mid-epoch): a batch of the scheduled task,
+    its loss back-propagated, an optimizer step; a checkpoint whenever one is due."""
+    state, cfg = run.progress, run.cfg
+    log = StepLog(run)
+    start = state.step_in_epoch
+    steps = tqdm(schedule[start:], desc=desc, disable=not (run.show_bars and run.main), leave=False,
+                 mininterval=2.0, initial=start, total=len(schedule))  # fmt: skip
+    for task in steps:
+        # Every rank draws the same global batch and trains on its own slice of it.
+        indices = run.streams[task].next_indices(run.data["train"][task], cfg.train.batch_size, cfg.train.seed,
+                                                 cfg.train.bucket_batches)  # fmt: skip
+        mine, weight = distributed.local_share(indices)
+        with distributed.autocast(run.device, cfg.train.precision):
+            loss = step_loss(run, task, mine, phase) * weight
+        if loss.requires_grad:  # a parameter-free head on a frozen encoder has nothing to learn
+            loss.backward()
+            run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        lr = run.scheduler.get_last_lr()[0]  # the rate this step used
+        run.scheduler.step()
+        state.step += 1
+        state.step_in_epoch += 1
+        log.add(state.step, task, loss.detach(), lr)
+        every = phase.eval_every_steps
+        if every and phase.mode == "finetune" and state.step_in_epoch % every == 0 and state.step_in_epoch < len(schedule):
+            probe(run, phase)  # the epoch's end is evaluated on the full dev sets anyway
+        if len(log.pending) >= cfg.train.log_every_steps:
+            log.flush()  # stops here on a non-finite loss, before anything is saved
+            # Mid-epoch checkpoints at flush points only: every rank flushes at the same steps.
+            if run.main and state.step_in_epoch < len(schedule) and run.timer.due(state.step):
+                run.save_last()
+    log.flush()
+    return {t: round(state.loss_sums[t] / state.loss_counts[t], 5) for t in sorted(state.loss_sums)}
+
+
+def step_loss(run: Run, task: str, indices: list[int], phase: PhaseConfig) -> torch.Tensor:
+    """The loss of one batch of `task` at the run's current step: MLM, heads on cached vectors,
+    heads on a frozen encoder, or all; with the task's loss weight, R-Drop, swapped pairs and
+    distillation where configured. Goes through `run.net`: the model, or its DDP wrapper (MLM
+    runs in one process only)."""
+    net, cfg, device, data, step = run.net, run.cfg, run.device, run.data["train"][task], run.progress.step
+    if task == "mlm":
+        return data.loss(run.model.bert, indices, device)
+    spec, weight = data.spec, cfg.train.loss_weights.get(task, 1.0)
+    head = spec.name  # a train-only task (sst_phrases) trains its owner's head
+    if run.features is not None:
+        output = net(head, features=run.features.train(task, indices))
+        return task_loss(spec, output.float(), data.labels[indices].to(device), cfg.train.sts_loss) * weight
+    swap = None
+    if cfg.train.swap_pairs and data.cross:  # a coin per (step, example): the same on every DDP rank
+        swap = [random.Random(f"{cfg.train.seed}/swap/{step}/{i}").random() < 0.5 for i in indices]
+    rdrop = cfg.train.rdrop > 0 and task in cfg.train.rdrop_tasks and phase.mode != "frozen"
+    rows = indices + indices if rdrop else indices  # R-Drop: the batch twice, two dropout masks
+    batch = data.batch(rows, swap + swap if rdrop and swap else swap).to(device)
+    output = net(head, batch, frozen_encoder=phase.mode == "frozen").float()
+    loss = task_loss(spec, output, batch.labels, cfg.train.sts_loss)
+    if data.soft is not None:
+        w = cfg.train.distill_weight
+        loss = (1 - w) * loss + w * distill_loss(spec.kind, output, data.soft[rows].to(device))
+    if rdrop:
+        loss = loss + cfg.train.rdrop * disagreement(spec.kind, *output.chunk(2))
+    return loss * weight

@@ -1,0 +1,90 @@
+"""The training recipe: one plain function that reads like the account of a run.
+
+seed -> read and validate all data -> tokenizer and model (heads for the run's tasks) ->
+tokenised data (and a teacher's soft labels) -> start: fresh, resumed or continued -> each
+phase: optimizer, schedule, epochs of sampled task batches, dev evaluation, checkpoints ->
+the best checkpoint's dev scores and prediction files, metrics.json, the run's pictures.
+Each step is a named function of training/ (state, loop, probes, logs); `Run` carries what
+they share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+from minbert import distributed
+from minbert.config import RunConfig
+from minbert.evaluation import overall_formula
+from minbert.reports.plots import CURVES, draw_curves, draw_or_explain
+from minbert.run_files import BEST, atomic_write, load_checkpoint
+from minbert.runs import build_model, encode_all, needed_splits, read_all, write_outputs
+from minbert.training.logs import print_history
+from minbert.training.loop import run_phase
+from minbert.training.run_state import RunLock
+from minbert.training.state import Run, TrainOptions, attach_soft_labels, launch_checks, set_seed, start
+
+
+def train(cfg: RunConfig, out_dir: str | Path, options: TrainOptions | None = None) -> dict[str, float]:
+    """Train as `cfg` says, writing everything into out_dir (locked while the run writes it);
+    returns the final dev scores and the training wall time ({} when options.stop_after_epochs
+    stopped the run first). `options`: resume, init_from, overwrite, progress bars, device."""
+    options, out_dir = options or TrainOptions(), Path(out_dir)
+    distributed.init()
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(out_dir) if distributed.is_main() else contextlib.nullcontext():
+        resume_ckpt = launch_checks(cfg, out_dir, options)
+        set_seed(cfg.train.seed)
+        raw = read_all(cfg, needed_splits(cfg))  # fails here, before any long work, on bad data
+        model, tokenizer = build_model(cfg)
+        data = encode_all(raw, tokenizer, cfg)
+        attach_soft_labels(data.get("train", {}), cfg)
+        run = start(cfg, out_dir, model, tokenizer, (raw, data), options, resume_ckpt)
+        try:
+            for phase_idx in range(run.progress.phase, len(cfg.train.phases)):
+                if not run_phase(run, phase_idx):
+                    return {}  # stopped after options.stop_after_epochs, as an interruption would
+            scores = finish(run)
+        finally:
+            if run.tensorboard is not None:
+                run.tensorboard.close()
+        if run.main:  # a picture that cannot be drawn is said, never fails the run
+            draw_or_explain(str(out_dir / CURVES), lambda: draw_curves(out_dir))
+        return scores
+
+
+def finish(run: Run) -> dict[str, float]:
+    """Reload the best checkpoint, score it on dev, write the prediction files and metrics.json
+    (scores only, so that two runs of one config and seed give identical files; the wall time
+    goes to timing.json)."""
+    model, cfg, out_dir = run.model, run.cfg, run.out_dir
+    model.bert.requires_grad_(True)
+    distributed.barrier()
+    features = _final_features(run)
+    elapsed = time.time() - run.started
+    if (out_dir / BEST).exists():
+        model.load_state_dict(load_checkpoint(out_dir / BEST).model)
+    model.to(run.device)
+    scores = write_outputs(model, run.data, cfg, out_dir, run.device, features)
+    if distributed.is_main():
+        metrics = json.dumps({**scores, "overall_formula": overall_formula(run.data["dev"])}, indent=2) + "\n"
+        atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(metrics))
+        timing = json.dumps({"train_wall_s": round(elapsed, 1)}) + "\n"
+        atomic_write(out_dir / "timing.json", lambda tmp: tmp.write_text(timing))
+        print_history(out_dir / "epochs.jsonl")
+    return {**scores, "train_wall_s": round(elapsed, 1)}
+
+
+def _final_features(run: Run):
+    """An encoder that never trained still matches its cached vectors: predict from those."""
+    encoder_trained = any(p.mode != "frozen" for p in run.cfg.train.phases)
+    if encoder_trained or not run.cfg.train.cache_features:
+        return None
+    if run.features is None:  # resumed after the last epoch: nothing cached in this process yet
+        from minbert.training.features import FrozenFeatures
+
+        return FrozenFeatures(run.model, run.data, run.cfg, run.device)
+    return run.features

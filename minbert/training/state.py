@@ -1,0 +1,310 @@
+"""Where a run stands, and how it gets there: `Run` (what the recipe's parts share), and `start`,
+which makes a run ready for its first step: fresh (its directory cleaned, its config written),
+resumed from its last checkpoint (`--resume`), or continued from a finished run whose phases
+are the first of this one (`--init-from`). What a checkpoint holds is minbert/run_files.py.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minbert import distributed
+from minbert.checkpoint import CheckpointError
+from minbert.config import ConfigError, RunConfig, load_config, save_config, to_dict
+from minbert.multitask import MultitaskBert
+from minbert.reports.plots import CURVES, DEV_OUTPUTS, EVALUATION_PICTURES
+from minbert.run_files import BEST, LAST, Checkpoint, Progress, RunError, atomic_write, load_checkpoint, save_checkpoint
+from minbert.runs import Encoded, Raw
+from minbert.tasks.data import length_bucketed_batches, load_soft_labels, soft_labels_path
+from minbert.tasks.encoding import EncodedTask
+from minbert.tokenizer import WordPieceTokenizer
+from minbert.training.run_state import CheckpointTimer, config_differences, log_sizes, rng_state, set_rng_state, truncate_logs
+
+LOGS = ("steps.jsonl", "epochs.jsonl", "evals.jsonl")
+# Keys that may change when a run is resumed: they decide when files are written (and how
+# many threads compute), not what is computed.
+RESUMABLE_CHANGES = ("train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.log_every_steps",
+                     "train.threads", "train.tensorboard")  # fmt: skip
+RUN_FILES = (LAST, BEST, "metrics.json", "timing.json", "config.yaml", *LOGS,
+             CURVES, DEV_OUTPUTS, *EVALUATION_PICTURES.values())  # fmt: skip
+
+
+@dataclass
+class TrainOptions:
+    """How `train` runs a config, beside what the config computes.
+
+    `resume`: continue from out_dir/last.safetensors (or start over if the run stopped before its
+    first checkpoint). `init_from`: a finished run whose phases are the first phases of the
+    config: training continues from its end (the seed report's Models E and F continue D).
+    `overwrite`: a fresh run may replace a run in out_dir. `progress`: progress bars. `device`:
+    default CUDA where available (the local rank's under torchrun), else the CPU.
+    `stop_after_epochs`: stop after that many epochs of this call, as an interruption would
+    (how the tests interrupt a run at an exact point)."""
+
+    resume: bool = False
+    init_from: str | Path | None = None
+    overwrite: bool = False
+    progress: bool = True
+    device: str | torch.device | None = None
+    stop_after_epochs: int | None = None
+
+
+@dataclass
+class TaskStream:
+    """One task's training set, reshuffled (length-bucketed) at each pass, drawn batch by batch."""
+
+    task: str
+    passes: int = 0  # completed passes over the task's training set
+    position: int = 0  # next batch within the current pass
+    _batches: list[list[int]] | None = field(default=None, repr=False)
+
+    def next_indices(self, data: EncodedTask, batch_size: int, seed: int, bucket_batches: int = 50) -> list[int]:
+        if self._batches is None:
+            rng = random.Random(f"{seed}/{self.task}/pass{self.passes}")
+            self._batches = length_bucketed_batches(data.lengths, batch_size, rng, bucket_batches)
+        indices = self._batches[self.position]
+        self.position += 1
+        if self.position == len(self._batches):
+            self.passes, self.position, self._batches = self.passes + 1, 0, None
+        return indices
+
+    def state(self) -> dict:
+        return {"passes": self.passes, "position": self.position}
+
+
+@dataclass
+class Run:
+    """What the recipe's parts share: config, model, data, and where the run stands."""
+
+    cfg: RunConfig
+    out_dir: Path
+    model: MultitaskBert
+    net: torch.nn.Module  # the model, or its DDP wrapper
+    data: Encoded
+    device: torch.device
+    progress: Progress
+    mlm_head: torch.nn.Module | None
+    options: TrainOptions
+    started: float = field(default_factory=time.time)  # this process's start
+    streams: dict[str, TaskStream] = field(default_factory=dict)
+    features: object | None = None  # FrozenFeatures, in a frozen phase with cached vectors
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    timer: CheckpointTimer | None = None
+    tensorboard: object | None = None  # a TensorBoardLog on rank 0 when train.tensorboard
+    probe: dict[str, EncodedTask] | None = None  # the dev examples of eval_every_steps (probes.dev_probe)
+    resumed_from: Checkpoint | None = None  # until the phase it was taken in has its optimizer state back
+    epochs_this_call: int = 0
+
+    def __post_init__(self) -> None:
+        self.earlier_s = self.progress.elapsed_s  # training time of earlier processes (resumed runs)
+        self.saved_step = self.progress.step  # the step of out_dir/last.safetensors, if there is one
+        self.timer = CheckpointTimer(self.cfg.train.checkpoint_every_steps, self.cfg.train.checkpoint_every_minutes)
+        self.timer.reset(self.progress.step)
+
+    @classmethod
+    def bare(cls, cfg: RunConfig, model: MultitaskBert, train: dict[str, EncodedTask], net: torch.nn.Module | None = None,
+             step: int = 0) -> "Run":  # fmt: skip
+        """A run with no directory and no history, at `step`, on the CPU: what loop.step_loss needs
+        to compute one batch's loss outside the loop (tests and benchmarks do)."""
+        progress = Progress(step=step)
+        return cls(cfg, Path("."), model, net or model, {"train": train}, torch.device("cpu"), progress, None,
+                   TrainOptions(progress=False))  # fmt: skip
+
+    @property
+    def main(self) -> bool:
+        return distributed.is_main()
+
+    @property
+    def show_bars(self) -> bool:
+        return self.options.progress
+
+    def elapsed(self) -> float:
+        return round(self.earlier_s + time.time() - self.started, 1)
+
+    def save_last(self) -> None:
+        """last.safetensors: everything needed to continue from this step (rank 0 only)."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):  # never saved over a good one
+            raise self.diverged(f"non-finite weights after step {self.progress.step}")
+        self.progress.streams = {t: s.state() for t, s in self.streams.items()}
+        self.progress.log_bytes = log_sizes(self.out_dir, LOGS)
+        self.progress.elapsed_s = self.elapsed()
+        save_checkpoint(Checkpoint(
+            self.model.state_dict(), to_dict(self.cfg), vars(self.model.bert.config), None, self.progress,
+            self.optimizer.state_dict(), self.scheduler.state_dict(), rng_state(),
+            self.mlm_head.state_dict() if self.mlm_head is not None else None), self.out_dir / LAST)  # fmt: skip
+        self.saved_step = self.progress.step
+        self.timer.reset(self.progress.step)
+
+    def save_best(self, scores: dict[str, float]) -> None:
+        """best.safetensors: these weights, their config and dev scores (rank 0 only)."""
+        save_checkpoint(Checkpoint(self.model.state_dict(), to_dict(self.cfg), vars(self.model.bert.config), scores),
+                        self.out_dir / BEST)  # fmt: skip
+
+    def diverged(self, what: str) -> RunError:
+        last = self.out_dir / LAST
+        kept = f"{last} (step {self.saved_step}) is intact" if last.exists() else "no checkpoint had been written yet"
+        return RunError(f"training diverged: {what}; stopped with no predictions written; {kept}")
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------
+# Before any work: what to resume from, and what a fresh run may replace
+
+
+def launch_checks(cfg: RunConfig, out_dir: Path, options: TrainOptions) -> Checkpoint | None:
+    """Refuse what cannot run (MLM under torchrun; a fresh run over an existing one) and set the
+    thread count; return the checkpoint a resumed run continues from (None: none, or fresh)."""
+    if distributed.world_size() > 1 and any(p.mode == "mlm" for p in cfg.train.phases):
+        raise ValueError("MLM phases run in one process; start them without torchrun")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    resume_ckpt = checkpoint_to_resume(cfg, out_dir) if options.resume else None
+    if not options.resume and not options.overwrite and any((out_dir / n).exists() for n in (LAST, "config.yaml")):
+        raise RunError(f"{out_dir}: already holds a run; pass --resume to continue it, or --overwrite to start it again")
+    return resume_ckpt
+
+
+def checkpoint_to_resume(cfg: RunConfig, out_dir: Path) -> Checkpoint | None:
+    """The checkpoint a resumed run continues from; None when the run stopped before its
+    first one (it then starts over). Refuses a checkpoint of another config, naming the keys."""
+    if (out_dir / LAST).exists():
+        ckpt = load_checkpoint(out_dir / LAST)
+        if ckpt.progress is None:
+            raise CheckpointError(f"{out_dir / LAST}: holds no training state to resume from")
+        saved, where = ckpt.config, out_dir / LAST
+    elif (out_dir / "config.yaml").exists():
+        ckpt, where = None, out_dir / "config.yaml"
+        saved = to_dict(load_config(where))
+        print(f"{out_dir}: stopped before its first checkpoint; starting it again", flush=True)
+    else:
+        raise FileNotFoundError(f"{out_dir / LAST}: nothing to resume from")
+    differ = [d for d in config_differences(saved, to_dict(cfg)) if not d.startswith(RESUMABLE_CHANGES)]
+    if differ:
+        raise ValueError(f"{where}: the run was started with a different config; resume needs the same one. "
+                         f"Differences: {'; '.join(differ)}")  # fmt: skip
+    return ckpt
+
+
+def attach_soft_labels(train: dict[str, EncodedTask], cfg: RunConfig) -> None:
+    """Distillation: every training task with soft labels in cfg.train.distill_from (a directory
+    written by `minbert ensemble --soft-labels`) gets the teacher's, aligned by example id."""
+    if not cfg.train.distill_from:
+        return
+    folder = Path(cfg.train.distill_from)
+    found = [t for t in train if soft_labels_path(folder, t).is_file()]
+    if not found:
+        raise ConfigError(f"train.distill_from: {folder} holds no soft labels for the run's training tasks "
+                          f"{tuple(train)} (write them with minbert ensemble ... --soft-labels TASK,...)")  # fmt: skip
+    for task in found:
+        train[task].soft = load_soft_labels(folder, task, train[task].ids)
+
+
+# ---------------------------------------------------------------------------------------
+# Ready for the first step
+
+
+def start(cfg: RunConfig, out_dir: Path, model: MultitaskBert, tokenizer: WordPieceTokenizer, data: tuple[Raw, Encoded],
+          options: TrainOptions, resume_ckpt: Checkpoint | None) -> Run:  # fmt: skip
+    """The model on its device (compiled, DDP-wrapped where configured), the MLM task where a
+    phase needs it, then the run's state: resumed, continued (init_from) or fresh. `data` is the
+    raw examples (for the probes) and their encoding. (7 parameters: what the recipe has built
+    so far, each once.)"""
+    raw, encoded = data
+    device = torch.device(options.device) if options.device else distributed.default_device()
+    model.to(device)
+    if cfg.train.compile:
+        model.bert.compile(dynamic=True)  # in place: parameter names stay checkpoint keys
+    # DDP: unused heads (one task per step) are expected, hence find_unused_parameters.
+    world = distributed.world_size()
+    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+    mlm_head = _add_mlm_task(cfg, model, tokenizer, encoded, device)
+    if resume_ckpt is not None:
+        state = _resume(resume_ckpt, model, mlm_head, out_dir)
+    else:
+        state = _fresh(cfg, out_dir, model, options.init_from)
+    run = Run(cfg, out_dir, model, net, encoded, device, state, mlm_head, options, resumed_from=resume_ckpt)
+    run.streams = {t: TaskStream(t, **state.streams.get(t, {})) for t in encoded["train"]}
+    if any(p.eval_every_steps for p in cfg.train.phases):
+        from minbert.training.probes import dev_probe
+
+        run.probe = dev_probe(raw["dev"], tokenizer, cfg)
+    if run.main and cfg.train.tensorboard:
+        from minbert.training.logs import TensorBoardLog
+
+        run.tensorboard = TensorBoardLog(out_dir, state.step)
+    return run
+
+
+def _add_mlm_task(cfg: RunConfig, model: MultitaskBert, tokenizer: WordPieceTokenizer, data: Encoded, device):
+    """data["train"]["mlm"]: the MLM phases' sentences, with the MLM head (returned; None without MLM)."""
+    mlm_tasks = sorted({t for p in cfg.train.phases if p.mode == "mlm" for t in p.tasks})
+    if not mlm_tasks:
+        return None
+    from minbert.training.mlm import MaskedLMTask
+
+    data["train"]["mlm"] = MaskedLMTask([data["train"][t] for t in mlm_tasks], model.bert,
+                                        tokenizer.mask_id, tokenizer.pad_id)  # fmt: skip
+    data["train"]["mlm"].head.to(device)
+    return data["train"]["mlm"].head
+
+
+def _resume(ckpt: Checkpoint, model: MultitaskBert, mlm_head, out_dir: Path) -> Progress:
+    """Weights, MLM head and RNG states from the checkpoint; logs cut back to it."""
+    model.load_state_dict(ckpt.model)
+    if mlm_head is not None:
+        mlm_head.load_state_dict(ckpt.mlm_head)
+    set_rng_state(ckpt.rng)
+    if distributed.is_main():
+        truncate_logs(out_dir, ckpt.progress.log_bytes)  # steps after the checkpoint are run, and logged, again
+    return ckpt.progress
+
+
+def _fresh(cfg: RunConfig, out_dir: Path, model: MultitaskBert, init_from: str | Path | None) -> Progress:
+    """A directory cleaned of an earlier run's files, the config written; the state of the run
+    continued from (init_from), or a new one."""
+    if distributed.is_main():
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+        for old in out_dir.glob("*-output.csv"):
+            old.unlink()
+        atomic_write(out_dir / "config.yaml", lambda tmp: save_config(cfg, tmp))
+    distributed.barrier()
+    if init_from is None:
+        return Progress()
+    return continue_from(Path(init_from), cfg, model, out_dir)
+
+
+def continue_from(init_dir: Path, cfg: RunConfig, model: MultitaskBert, out_dir: Path) -> Progress:
+    """Load a finished run whose phases are a prefix of cfg's; return the state to go on from."""
+    ckpt = load_checkpoint(init_dir / LAST)
+    done = ckpt.config["train"]["phases"]
+    ours = to_dict(cfg)
+    if ckpt.progress is None or ckpt.progress.phase != len(done):
+        raise ValueError(f"{init_dir}: that run has not finished its phases; resume it first")
+    same = {k: v for k, v in ckpt.config["train"].items() if k != "phases"} == {
+        k: v for k, v in ours["train"].items() if k != "phases"
+    }
+    if ours["train"]["phases"][: len(done)] != done or ckpt.config["model"] != ours["model"] or not same \
+            or ckpt.config["data"] != ours["data"]:  # fmt: skip
+        raise ValueError(f"{init_dir}: its config is not the first {len(done)} phase(s) of this one")
+    model.load_state_dict(ckpt.model)
+    set_rng_state(ckpt.rng)
+    if (init_dir / BEST).exists():
+        shutil.copyfile(init_dir / BEST, out_dir / BEST)
+    for name in LOGS:
+        if (init_dir / name).exists():
+            shutil.copyfile(init_dir / name, out_dir / name)
+    return ckpt.progress
