@@ -33,7 +33,8 @@ def predict(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
 ) -> list:
-    """Predictions for every example of `data`, in input order (see `head_outputs`)."""
+    """Predictions for every example of `data`, in input order (see `head_outputs`).
+    (7 parameters: the model, the task and its data, then four settings with defaults that callers pass by name.)"""
     return data.spec.predict(model_outputs(model, task, data, batch_size, features, device, precision)).float().tolist()
 
 
@@ -52,7 +53,8 @@ def hard_and_soft(spec: TaskSpec, outputs: torch.Tensor) -> tuple[list, list]:
 def model_outputs(model: MultitaskBert, task: str, data: EncodedTask, batch_size: int = 128,
                   features: FeatureFn | None = None, device: torch.device | str = "cpu",
                   precision: str = "fp32") -> torch.Tensor:  # fmt: skip
-    """The model's head outputs for every example of `data`, in eval mode (see `head_outputs`)."""
+    """The model's head outputs for every example of `data`, in eval mode (see `head_outputs`).
+    (7 parameters: as `predict`, whose settings it takes.)"""
     was_training = model.training
     model.eval()
     device = torch.device(device)

@@ -143,6 +143,28 @@ def tiny_runs(tiny_checkpoint, small_data_dir, tmp_path_factory) -> dict[str, Pa
             for name, extra in TINY_RUN_VARIANTS.items()}  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def four_task_run(tiny_checkpoint, small_data_dir, data_dir, tmp_path_factory) -> Path:
+    """A one-epoch tiny run of the seed's tasks and CFIMDB (declared in YAML only)."""
+    data = tmp_path_factory.mktemp("four_data")
+    for f in small_data_dir.iterdir():
+        shutil.copy(f, data / f.name)
+    for name in ("ids-cfimdb-train.csv", "ids-cfimdb-dev.csv", "ids-cfimdb-test-student.csv"):
+        lines = (data_dir / name).read_text(encoding="utf-8").splitlines(keepends=True)
+        (data / name).write_text("".join(lines[:25]), encoding="utf-8")
+    from minbert.config import load_config
+    from minbert.training import TrainOptions, train
+
+    cfimdb = Path(__file__).resolve().parent.parent / "minbert" / "configs" / "tasks" / "cfimdb.yaml"
+    out = tmp_path_factory.mktemp("four") / "run"
+    cfg = load_config(None, [
+        f"model.checkpoint={tiny_checkpoint}", f"data.dir={data}", "train.batch_size=8", "train.eval_batch_size=16",
+        "train.threads=1", f"tasks=[sst, para, sts, {cfimdb}]", "model.pair_encoding=cross", "model.pooling=mean",
+        "train.phases=[{tasks: [sst, para, sts, cfimdb], epochs: 1, lr: 1e-3}]"])  # fmt: skip
+    train(cfg, out, TrainOptions(progress=False))
+    return out
+
+
 # --- `minbert serve` in this process (tests/test_serve.py, tests/test_serve_page.py) ---------
 
 

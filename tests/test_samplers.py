@@ -11,18 +11,18 @@ TASKS3 = ["sst", "para", "sts"]
 
 
 def test_round_robin_epoch_is_the_smallest_task_once():
-    schedule = epoch_schedule("round_robin", TASKS3, SIZES, 32, 0, 1, None, seed=0)
+    schedule = epoch_schedule("round_robin", {t: SIZES[t] for t in TASKS3}, 32, 0, (0, 1), None)
     assert schedule[:6] == ["sst", "para", "sts"] * 2
     assert len(schedule) == 3 * math.ceil(6040 / 32)
     assert round_robin(["a", "b"], 5) == ["a", "b", "a", "b", "a"]
 
 
 def test_single_task_epoch_is_one_pass():
-    assert len(epoch_schedule("round_robin", ["sst"], SIZES, 32, 0, 1, None, seed=0)) == math.ceil(8544 / 32)
+    assert len(epoch_schedule("round_robin", {t: SIZES[t] for t in ["sst"]}, 32, 0, (0, 1), None)) == math.ceil(8544 / 32)
 
 
 def test_steps_per_epoch_override():
-    assert len(epoch_schedule("proportional", TASKS3, SIZES, 32, 0, 1, 90, seed=0)) == 90
+    assert len(epoch_schedule("proportional", {t: SIZES[t] for t in TASKS3}, 32, 0, (0, 1), 90)) == 90
 
 
 def test_annealed_alpha_follows_stickland_murray():
@@ -43,6 +43,6 @@ def test_annealed_frequencies_follow_formula(epoch):
 
 
 def test_sampler_is_seeded_and_epoch_aware():
-    a = epoch_schedule("annealed", TASKS3, SIZES, 32, 1, 3, None, seed=1)
-    assert a == epoch_schedule("annealed", TASKS3, SIZES, 32, 1, 3, None, seed=1)
-    assert a != epoch_schedule("annealed", TASKS3, SIZES, 32, 2, 3, None, seed=1)
+    a = epoch_schedule("annealed", {t: SIZES[t] for t in TASKS3}, 32, 1, (1, 3), None)
+    assert a == epoch_schedule("annealed", {t: SIZES[t] for t in TASKS3}, 32, 1, (1, 3), None)
+    assert a != epoch_schedule("annealed", {t: SIZES[t] for t in TASKS3}, 32, 1, (2, 3), None)

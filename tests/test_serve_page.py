@@ -126,3 +126,29 @@ def test_the_page_shows_the_predictors_answers_on_a_phone_and_a_desktop(browser,
         assert browser.execute_script("return document.documentElement.scrollWidth") <= 1200
         assert text_of(browser, "sst-p-0") == shown[0]  # the answers stay on the page
         shoot(browser, request, tmp_path, "serve-desktop.png")
+
+
+def test_the_page_asks_any_task_of_the_model(browser, four_task_run, tmp_path, request):
+    """A four-task model: the "Any task" card offers each of its tasks (CFIMDB, declared in YAML,
+    included) and shows the Predictor's answer by the task's kind."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    four = Predictor.load(four_task_run)
+    with serving(create_app(four)) as url:
+        screen(browser, 1200, 900, mobile=False)
+        browser.get(url + "/")
+        choice = Select(browser.find_element(By.ID, "task"))
+        assert [o.get_attribute("value") for o in choice.options] == ["sst", "para", "sts", "cfimdb"]
+        choice.select_by_value("cfimdb")
+        assert not browser.find_element(By.ID, "task-b").is_displayed()  # one text for CFIMDB
+        submit_and_wait(browser, {"task-a": SENTENCE}, "task-submit", "task-result")
+        (review,) = four.predict("cfimdb", [SENTENCE]).results
+        verdict = text_of(browser, "task-verdict")
+        assert verdict.startswith("positive" if review.positive else "negative"), verdict
+        assert f"{100 * review.probability:.1f}%" in text_of(browser, "task-bars")
+        choice.select_by_value("sts")
+        submit_and_wait(browser, {"task-a": PAIR[0], "task-b": PAIR[1]}, "task-submit", "task-result")
+        (score,) = four.similarity([PAIR])
+        assert text_of(browser, "task-verdict").startswith(f"score {score:.3f}")
+        shoot(browser, request, tmp_path, "serve-any-task.png")

@@ -2,7 +2,6 @@
 process each answer their own tasks; a four-task run's Hugging Face and ONNX exports load in a
 fresh process; results are named by kind; the server routes every task of the run."""
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,30 +11,9 @@ from conftest import request, serving
 
 from minbert import Binary, Classification, Predictor
 from minbert.cli import main as cli_main
-from minbert.config import load_config
 from minbert.tasks import TaskSet
-from minbert.training import TrainOptions, train
 
 REPO = Path(__file__).resolve().parent.parent
-CFIMDB = REPO / "minbert" / "configs" / "tasks" / "cfimdb.yaml"
-
-
-@pytest.fixture(scope="module")
-def four_task_run(tiny_checkpoint, small_data_dir, data_dir, tmp_path_factory) -> Path:
-    """A one-epoch tiny run of the seed's tasks and CFIMDB (declared in YAML only)."""
-    data = tmp_path_factory.mktemp("four_data")
-    for f in small_data_dir.iterdir():
-        shutil.copy(f, data / f.name)
-    for name in ("ids-cfimdb-train.csv", "ids-cfimdb-dev.csv", "ids-cfimdb-test-student.csv"):
-        lines = (data_dir / name).read_text(encoding="utf-8").splitlines(keepends=True)
-        (data / name).write_text("".join(lines[:25]), encoding="utf-8")
-    out = tmp_path_factory.mktemp("four") / "run"
-    cfg = load_config(None, [
-        f"model.checkpoint={tiny_checkpoint}", f"data.dir={data}", "train.batch_size=8", "train.eval_batch_size=16",
-        "train.threads=1", f"tasks=[sst, para, sts, {CFIMDB}]", "model.pair_encoding=cross", "model.pooling=mean",
-        "train.phases=[{tasks: [sst, para, sts, cfimdb], epochs: 1, lr: 1e-3}]"])  # fmt: skip
-    train(cfg, out, TrainOptions(progress=False))
-    return out
 
 
 def test_two_predictors_with_different_tasks_in_one_process(four_task_run, tiny_runs):

@@ -171,7 +171,8 @@ def predict_ensemble(runs: Sequence[str | Path], out_dir: str | Path, overrides:
     """Write the ensemble of `runs` into out_dir: the prediction files of the dev (and, `test`,
     test) splits, metrics.json, ensemble.json, and train-soft-{task}.jsonl for `soft_tasks`.
     Every member is loaded and every data file read before the first prediction; every file is
-    written atomically. Returns the ensemble's dev scores."""
+    written atomically. Returns the ensemble's dev scores.
+    (7 parameters: the command's arguments, each optional but the runs and out_dir.)"""
     out_dir = Path(out_dir)
     if any((out_dir / name).exists() for name in (BEST, LAST)):
         raise ValueError(f"{out_dir}: holds a training run; write the ensemble into a directory of its own")

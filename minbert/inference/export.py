@@ -48,7 +48,8 @@ SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD
 
 def write_export(model: MultitaskBert, tokenizer: WordPieceTokenizer, cfg: RunConfig, directory: Path, fmt: str,
                  dev: dict | None = None, source: str = "") -> None:  # fmt: skip
-    """Write the export files of `fmt` ("hf" or "onnx") into an existing, empty `directory`."""
+    """Write the export files of `fmt` ("hf" or "onnx") into an existing, empty `directory`.
+    (7 parameters: what an export holds, each once.)"""
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r} is not one of {FORMATS}")
     directory = Path(directory)

@@ -191,7 +191,8 @@ def render(rows: list[dict], fmt: str, names: Sequence[str] = ()) -> str:
 def predict_file(predictor: Predictor, task: str, source: str, columns: Sequence[str] | None, output: str | None,
                  fmt: str | None, progress: bool = True) -> str:  # fmt: skip
     """`minbert predict --input`: read, predict, write (atomically; stdout without `output`).
-    Returns a one-line summary: how many inputs, how many truncated, where they went."""
+    Returns a one-line summary: how many inputs, how many truncated, where they went.
+    (7 parameters: `minbert predict --input`'s options, one each.)"""
     spec = predictor.tasks.check(task)
     table = read_inputs(source, spec, columns)
     bar = None if progress and len(table.rows) > predictor.batch_size else False  # on terminals, for large files

@@ -400,7 +400,8 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, lim
           backend: str = "torch", overrides: list[str] = (), threads: int | None = None) -> None:  # fmt: skip
     """Load `checkpoint` (a run directory, checkpoint file or export) and serve it until Ctrl-C.
     `threads`: torch's intra-op threads (default: torch's choice; the CLI passes the cores this
-    process may use, or --threads)."""
+    process may use, or --threads).
+    (7 parameters: `minbert serve`'s options, one each, all but the checkpoint with defaults.)"""
     import torch
     import uvicorn
 

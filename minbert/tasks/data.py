@@ -111,7 +111,8 @@ def read_table(
     """Read one data file: `tsv` (the CS224N format) or `csv` with a header row, or `jsonl`
     (one JSON object per line, the columns as keys). `label_column=None` reads a held-out
     (unlabelled) file, whose bad rows are errors even with `skip_bad_rows`: a test file never
-    loses a row."""
+    loses a row.
+    (7 parameters: a file and what its rows hold; RowSchema bundles them for the row parser.)"""
     path = Path(path)
     if path.is_dir():
         raise DataError(path, None, "is a directory, not a data file")

@@ -76,8 +76,8 @@ def run_phase(run: Run, phase_idx: int) -> bool:
     tasks = ["mlm"] if phase.mode == "mlm" else phase.tasks
     sizes = {t: len(d) for t, d in run.data["train"].items()}
     schedules = [
-        epoch_schedule(phase.sampler, tasks, sizes, cfg.train.batch_size, e, phase.epochs,
-                       phase.steps_per_epoch, cfg.train.seed + phase_idx)
+        epoch_schedule(phase.sampler, {t: sizes[t] for t in tasks}, cfg.train.batch_size, cfg.train.seed + phase_idx,
+                       (e, phase.epochs), phase.steps_per_epoch)
         for e in range(phase.epochs)
     ]  # fmt: skip
     total_steps = sum(len(s) for s in schedules)

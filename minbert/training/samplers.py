@@ -44,21 +44,16 @@ def sampled(tasks: list[str], sizes: dict[str, int], alpha: float, steps: int, r
     return rng.choices(tasks, weights=[probs[t] for t in tasks], k=steps)
 
 
-def epoch_schedule(
-    sampler: str,
-    tasks: list[str],
-    sizes: dict[str, int],
-    batch_size: int,
-    epoch: int,
-    epochs: int,
-    steps: int | None,
-    seed: int,
-) -> list[str]:
-    """The task of every step of one epoch."""
+def epoch_schedule(sampler: str, sizes: dict[str, int], batch_size: int, seed: int, epoch: tuple[int, int] = (0, 1),
+                   steps: int | None = None) -> list[str]:  # fmt: skip
+    """The task of every step of one epoch of a phase: `sizes` maps the phase's tasks, in order, to
+    their training examples; `epoch` is (this epoch's index, the phase's epochs); `steps` the
+    phase's steps_per_epoch (None: as many as round-robin takes)."""
+    tasks = list(sizes)
     batches = {t: math.ceil(sizes[t] / batch_size) for t in tasks}
     steps = steps or default_steps(tasks, batches)
     if sampler == "round_robin":
         return round_robin(tasks, steps)
-    rng = random.Random(f"{seed}/sampler/{epoch}")
-    alpha = 1.0 if sampler == "proportional" else annealed_alpha(epoch, epochs)
+    rng = random.Random(f"{seed}/sampler/{epoch[0]}")
+    alpha = 1.0 if sampler == "proportional" else annealed_alpha(*epoch)
     return sampled(tasks, sizes, alpha, steps, rng)
