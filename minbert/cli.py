@@ -36,6 +36,31 @@ def _overrides(unknown: list[str], model: str | None, parser: argparse.ArgumentP
     return out
 
 
+def _add_serve_parser(sub) -> argparse.ArgumentParser:
+    """`minbert serve`'s options: where it listens, the backend, micro-batching and request limits."""
+    p_serve = sub.add_parser("serve", help="a JSON API and a web page for a trained model (FastAPI + uvicorn)")
+    p_serve.add_argument("--host", default="127.0.0.1",
+                         help="address to listen on (default: 127.0.0.1, this machine only)")
+    p_serve.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    p_serve.add_argument("--backend", choices=BACKENDS, default="torch",
+                         help="onnx: an export's ONNX graphs; int8: int8 ONNX graphs (an export's, or made "
+                        "at start), on the CPU")
+    limits = Limits()
+    p_serve.add_argument("--max-batch", type=int, default=limits.max_batch, help="inputs gathered from concurrent "
+                         f"requests into one forward (default: {limits.max_batch}; 1: one request per forward)")
+    p_serve.add_argument("--batch-wait-ms", type=float, default=limits.batch_wait_ms, help="how long a request waits "
+                         f"for others to share its forward (default: {limits.batch_wait_ms:g})")
+    p_serve.add_argument("--no-batching", action="store_true", help="one request per forward (--max-batch 1 "
+                         "--batch-wait-ms 0)")
+    p_serve.add_argument("--max-texts", type=int, default=limits.max_texts,
+                         help=f"texts or pairs in one request (default: {limits.max_texts})")
+    p_serve.add_argument("--max-chars", type=int, default=limits.max_chars,
+                         help=f"characters in one text (default: {limits.max_chars})")
+    p_serve.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes,
+                         help=f"bytes in a request body (default: {limits.max_body_bytes})")  # fmt: skip
+    return p_serve
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The parser, and each command's subparser by name (for its own errors)."""
     parser = argparse.ArgumentParser(prog="minbert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,26 +102,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p_exp.add_argument("--format", choices=FORMATS, default="hf")
     p_exp.add_argument("--check-limit", type=int, help="onnx: check on at most N dev examples per task (default: all)")
     p_exp.add_argument("--no-check", action="store_true", help="onnx: do not check the graphs against PyTorch")
-    p_serve = sub.add_parser("serve", help="a JSON API and a web page for a trained model (FastAPI + uvicorn)")
-    p_serve.add_argument("--host", default="127.0.0.1",
-                         help="address to listen on (default: 127.0.0.1, this machine only)")
-    p_serve.add_argument("--port", type=int, default=8000, help="(default: 8000)")
-    p_serve.add_argument("--backend", choices=BACKENDS, default="torch",
-                         help="onnx: an export's ONNX graphs; int8: int8 ONNX graphs (an export's, or made "
-                        "at start), on the CPU")
-    limits = Limits()
-    p_serve.add_argument("--max-batch", type=int, default=limits.max_batch, help="inputs gathered from concurrent "
-                         f"requests into one forward (default: {limits.max_batch}; 1: one request per forward)")
-    p_serve.add_argument("--batch-wait-ms", type=float, default=limits.batch_wait_ms, help="how long a request waits "
-                         f"for others to share its forward (default: {limits.batch_wait_ms:g})")
-    p_serve.add_argument("--no-batching", action="store_true", help="one request per forward (--max-batch 1 "
-                         "--batch-wait-ms 0)")
-    p_serve.add_argument("--max-texts", type=int, default=limits.max_texts,
-                         help=f"texts or pairs in one request (default: {limits.max_texts})")
-    p_serve.add_argument("--max-chars", type=int, default=limits.max_chars,
-                         help=f"characters in one text (default: {limits.max_chars})")
-    p_serve.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes,
-                         help=f"bytes in a request body (default: {limits.max_body_bytes})")  # fmt: skip
+    p_serve = _add_serve_parser(sub)
     for p in (p_eval, p_pred, p_serve):
         p.add_argument("--threads", type=int, help="threads for the forwards (default: the cores this process may use)")
     for p in (p_eval, p_pred, p_files, p_exp, p_serve):

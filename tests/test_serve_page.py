@@ -132,13 +132,14 @@ def test_the_page_asks_any_task_of_the_model(browser, four_task_run, tmp_path, r
     """A four-task model: the "Any task" card offers each of its tasks (CFIMDB, declared in YAML,
     included) and shows the Predictor's answer by the task's kind."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     four = Predictor.load(four_task_run)
     with serving(create_app(four)) as url:
         screen(browser, 1200, 900, mobile=False)
         browser.get(url + "/")
         choice = Select(browser.find_element(By.ID, "task"))
+        WebDriverWait(browser, WAIT_S).until(lambda d: choice.options)  # filled from /v1/model once it answers
         assert [o.get_attribute("value") for o in choice.options] == ["sst", "para", "sts", "cfimdb"]
         choice.select_by_value("cfimdb")
         assert not browser.find_element(By.ID, "task-b").is_displayed()  # one text for CFIMDB

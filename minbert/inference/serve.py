@@ -324,6 +324,28 @@ def create_app(predictor: Predictor, limits: Limits = DEFAULT_LIMITS) -> FastAPI
         results, truncated = await batchers[task](inputs)
         return {"results": [_as_json(route, r, t) for r, t in zip(results, truncated)]}
 
+    add_task_routes(app, predictor, limits, answer)
+
+    @app.get("/health", summary="Up, with request and forward counts per task")
+    async def health() -> dict:
+        return {"status": "ok", "tasks": {t: b.stats() for t, b in batchers.items()}}
+
+    @app.get("/v1/model", summary="The checkpoint, its run config and dev scores, the tasks and the limits")
+    async def model() -> dict:
+        return describe(predictor, limits)
+
+    page = PAGE.read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return page
+
+    return app
+
+
+def add_task_routes(app: FastAPI, predictor: Predictor, limits: Limits, answer: Callable) -> None:
+    """The question routes: the seed's three named ones, and /v1/predict/{task} for every task of
+    the model; `answer(task, inputs, route)` batches and formats (create_app's)."""
     TextsRequest, PairsRequest = request_models(limits)
     PredictRequest = predict_request_model(limits)
 
@@ -342,30 +364,14 @@ def create_app(predictor: Predictor, limits: Limits = DEFAULT_LIMITS) -> FastAPI
     @app.post("/v1/predict/{task}", response_model=Answer[KindResult], response_model_exclude_none=True,
               summary="Any task of the model: texts or pairs, as the task takes them")  # fmt: skip
     async def predict(task: str, body: PredictRequest) -> dict:
-        spec = predictor.tasks.get(task)
-        if spec is None:
+        if task not in predictor.tasks:  # a train-only task (sst_phrases) is not one the model answers
             raise StarletteHTTPException(404, f"this model has no task {task!r}; its tasks: {list(predictor.tasks)}")
+        spec = predictor.tasks[task]
         given, wanted = ("pairs" if body.pairs is not None else "texts"), ("pairs" if spec.is_pair else "texts")
         if (body.pairs is None) == (body.texts is None) or given != wanted:
             raise StarletteHTTPException(422, f"task {task!r} takes {wanted!r}: send {{{wanted!r}: [...]}} and nothing else")
         inputs = [tuple(p) for p in body.pairs] if spec.is_pair else body.texts
         return await answer(task, inputs, f"/v1/predict/{task}")
-
-    @app.get("/health", summary="Up, with request and forward counts per task")
-    async def health() -> dict:
-        return {"status": "ok", "tasks": {t: b.stats() for t, b in batchers.items()}}
-
-    @app.get("/v1/model", summary="The checkpoint, its run config and dev scores, the tasks and the limits")
-    async def model() -> dict:
-        return describe(predictor, limits)
-
-    page = PAGE.read_text(encoding="utf-8")
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> str:
-        return page
-
-    return app
 
 
 def describe_task(predictor: Predictor, task: str) -> dict:
