@@ -165,13 +165,13 @@ def four_task_run(tiny_checkpoint, small_data_dir, data_dir, tmp_path_factory) -
     return out
 
 
-# --- `minbert serve` in this process (tests/test_serve.py, tests/test_serve_page.py) ---------
+# --- `minbert serve` in this process (tests/inference/test_serve.py, tests/inference/test_serve_page.py) ---------
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("minbert serve page")
-    group.addoption("--serve-checkpoint", help="tests/test_serve_page.py: serve this run (default: a tiny trained run)")
-    group.addoption("--screenshots-to", help="tests/test_serve_page.py: also copy its screenshots to this directory "
+    group.addoption("--serve-checkpoint", help="tests/inference/test_serve_page.py: serve this run (default: a tiny trained run)")
+    group.addoption("--screenshots-to", help="tests/inference/test_serve_page.py: also copy its screenshots to this directory "
                                              "(serve-phone.png, serve-desktop.png)")  # fmt: skip
 
 

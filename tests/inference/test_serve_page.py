@@ -5,7 +5,7 @@ then the same with two sentences (and sees the reason of a refused request); on 
 screen (390 px, no sideways scrolling) and a desktop one, with a screenshot of each in the
 test's directory.
 
-    python -m pytest -q tests/test_serve_page.py --serve-checkpoint /work/runs/main --screenshots-to docs/pictures
+    python -m pytest -q tests/inference/test_serve_page.py --serve-checkpoint /work/runs/main --screenshots-to docs/pictures
 
 serves a real run instead of the tiny one and copies the screenshots into the docs.
 """

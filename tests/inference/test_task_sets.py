@@ -13,7 +13,7 @@ from minbert import Binary, Classification, Predictor
 from minbert.cli import main as cli_main
 from minbert.tasks import TaskSet
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def test_two_predictors_with_different_tasks_in_one_process(four_task_run, tiny_runs):

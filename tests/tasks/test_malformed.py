@@ -14,7 +14,7 @@ from minbert.tasks.data import DataError
 from minbert.tasks import BUILTIN
 from minbert.runs import read_all
 
-MALFORMED = Path(__file__).resolve().parent / "malformed"
+MALFORMED = Path(__file__).resolve().parent.parent / "malformed"
 
 # The corpus: file in tests/malformed/ -> (task, split it stands in for, line, reason). Line None:
 # the message names the file only.

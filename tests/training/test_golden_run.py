@@ -1,8 +1,8 @@
-"""Two tiny runs write the files recorded in tests/golden/ (by the code before the package was
+"""Two tiny runs write the files recorded in tests/training/golden/ (by the code before the package was
 reorganised into tasks/, training/ and inference/, 2026-12-02): the same steps.jsonl,
 epochs.jsonl (wall times aside), metrics.json and six prediction files.
 
-On the machine that recorded them the files are byte-identical (`python tests/test_golden_run.py
+On the machine that recorded them the files are byte-identical (`python tests/training/test_golden_run.py
 --compare` says so). Across CPUs (Intel or AMD, with or without AVX-512) float sums may round
 differently in the last bits, so the test compares what a behaviour change would move: every
 key, step, task, learning rate, id and class exactly; losses, scores and similarity
@@ -15,8 +15,8 @@ against differences of about 1e-5 that another CPU's rounding leaves after these
 The tiny checkpoint is made here from a seeded torch generator in Hugging Face's BERT layout, so
 the recorded files depend on torch and the data only (not on transformers' initialisation).
 
-    python tests/test_golden_run.py --record [--repo DIR]   # write tests/golden/ with DIR's code
-    python tests/test_golden_run.py --compare [--repo DIR]  # byte-compare DIR's fresh runs with it
+    python tests/training/test_golden_run.py --record [--repo DIR]   # write tests/golden/ with DIR's code
+    python tests/training/test_golden_run.py --compare [--repo DIR]  # byte-compare DIR's fresh runs with it
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SHARED_DATA = REPO.parent / "shared" / "data"
 TOLERANCE = 2e-3

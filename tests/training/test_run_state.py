@@ -25,7 +25,7 @@ from minbert.tasks import BUILTIN
 from minbert.run_files import BEST, LAST, RunError, load_checkpoint, save_checkpoint
 from minbert.training.run_state import CheckpointTimer, RunLock, config_differences  # fmt: skip
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 # 48 rows a task, batches of 8: 6 rounds x 3 tasks = 18 steps an epoch; 2 epochs, then 6 SST steps.
 PHASES = "[{name: rr, epochs: 2, lr: 2e-3}, {name: sst_only, tasks: [sst], epochs: 1, lr: 1e-3}]"
 TOTAL_STEPS = 42
