@@ -98,7 +98,7 @@ class Predictor:
         """From a run directory (its best.safetensors), a checkpoint file, a directory written by
         `minbert export` (backend "torch" reads its safetensors, "onnx" its ONNX graphs through
         onnxruntime), or one written by `minbert ensemble` (torch only: every member runs on
-        each batch, see minbert.ensemble). Backend "int8" runs int8 ONNX graphs in onnxruntime
+        each batch, see minbert.inference.ensemble). Backend "int8" runs int8 ONNX graphs in onnxruntime
         on the CPU: an export's `{task}.int8.onnx`, else made from the model when loading
         (`int8_backend`). `overrides` are dotted config keys for a run (e.g.
         `model.checkpoint=DIR` where its base checkpoint, whose vocab.txt it uses, has moved)."""
