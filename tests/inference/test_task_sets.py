@@ -28,6 +28,7 @@ def test_two_predictors_with_different_tasks_in_one_process(four_task_run, tiny_
     assert four.model_cfg.pair_encoding == "cross" and TaskSet.of(four.run_config.tasks) == four.tasks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["hf", "onnx"])
 def test_a_four_task_export_loads_in_a_fresh_process(four_task_run, tmp_path, fmt):
     if fmt == "onnx":
