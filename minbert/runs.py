@@ -123,14 +123,18 @@ def build_trained(ckpt: Checkpoint, overrides: list[str], checkpoint_path: str |
 # Outputs
 
 
+def predict_split(model: MultitaskBert, split: str, data: dict[str, EncodedTask], cfg: RunConfig, device,
+                  features=None) -> dict[str, list]:  # fmt: skip
+    """Each task's predictions on one split, at the run's eval batch size and precision;
+    `features`: a frozen encoder's cached vectors (training/features.py) or None."""
+    return {task: predict(model, task, encoded, cfg.train.eval_batch_size,
+                          features.split_fn(split, task) if features else None, device, cfg.train.precision)
+            for task, encoded in data.items()}  # fmt: skip
+
+
 def evaluate_dev(model: MultitaskBert, dev: dict[str, EncodedTask], cfg: RunConfig, device, features=None) -> dict[str, float]:
-    """Dev scores; `features`: a frozen encoder's cached vectors (training/features.py) or None."""
-    preds = {
-        task: predict(model, task, dev[task], cfg.train.eval_batch_size,
-                      features.split_fn("dev", task) if features else None, device, cfg.train.precision)  # fmt: skip
-        for task in dev
-    }
-    return dev_scores(preds, dev)
+    """Dev scores (see predict_split)."""
+    return dev_scores(predict_split(model, "dev", dev, cfg, device, features), dev)
 
 
 def write_outputs(model: MultitaskBert, data: Encoded, cfg: RunConfig, out_dir: Path, device, features=None,
@@ -139,11 +143,8 @@ def write_outputs(model: MultitaskBert, data: Encoded, cfg: RunConfig, out_dir: 
     see evaluation.write_predictions). Everything is predicted (and checked finite) before the
     first file is written. (7 parameters: a run's model, data, config and place, and two
     optional ways of predicting; bundling them would only rename them.)"""
-    preds = {
-        (split, task): predict(model, task, encoded, cfg.train.eval_batch_size,
-                               features.split_fn(split, task) if features else None, device, cfg.train.precision)
-        for split in ("dev", "test") for task, encoded in data.get(split, {}).items()
-    }  # fmt: skip
+    preds = {(split, task): p for split in ("dev", "test")
+             for task, p in predict_split(model, split, data.get(split, {}), cfg, device, features).items()}  # fmt: skip
     scores = dev_scores({task: p for (split, task), p in preds.items() if split == "dev"}, data["dev"])
     if distributed.is_main():
         for (split, task), p in preds.items():

@@ -27,7 +27,7 @@ from typing import Sequence
 from minbert.inference.predictor import Binary, Classification, Predictions, Predictor
 from minbert.run_files import atomic_write
 from minbert.tasks.data import DataError
-from minbert.tasks.spec import BUILTIN, TaskSpec
+from minbert.tasks.spec import TaskSpec
 
 OUTPUT_FORMATS = ("csv", "jsonl")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -158,11 +158,6 @@ def records(table: InputTable, predictions: Predictions) -> list[dict]:
     return out
 
 
-def class_names(spec: TaskSpec) -> tuple[str, ...]:
-    """A classification task's class names (its label_names, else the class numbers)."""
-    return spec.label_names or tuple(str(k) for k in range(spec.num_classes))
-
-
 def _csv_row(record: dict, names: Sequence[str]) -> dict:
     """Flat CSV cells: one column per class probability (`names`: the classes), booleans as 1 / 0."""
     row = {k: int(v) if isinstance(v, bool) else v for k, v in record.items() if k != "probabilities"}
@@ -197,7 +192,7 @@ def predict_file(predictor: Predictor, task: str, source: str, columns: Sequence
     table = read_inputs(source, spec, columns)
     bar = None if progress and len(table.rows) > predictor.batch_size else False  # on terminals, for large files
     predictions = predictor.predict(task, predictor_inputs(spec, table.rows), progress=bar)
-    text = render(records(table, predictions), output_format(output, fmt), class_names(spec))
+    text = render(records(table, predictions), output_format(output, fmt), spec.class_names)
     if output:
         atomic_write(output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     else:
@@ -244,7 +239,7 @@ KIND_HEADS = {"classification": ["label", "class", "probability"], "binary": ["p
 def table(spec: TaskSpec, rows: list[tuple[str, ...]], predictions: Predictions) -> str:
     """A small aligned table of the predictions; truncated inputs are marked with `*`."""
     texts_head = {"para": "question 1 | question 2"}.get(spec.name, "sentence 1 | sentence 2" if spec.is_pair else "text")
-    seed = spec.name in TABLE_HEADS and spec == BUILTIN[spec.name]
+    seed = spec.name in TABLE_HEADS and spec.is_builtin
     head = (TABLE_HEADS[spec.name] if seed else KIND_HEADS[spec.kind]) + [texts_head]
     if spec.kind == "classification":
         cells = [[str(r.label), r.name, f"{r.probabilities[r.label]:.3f}"] for r in predictions.results]

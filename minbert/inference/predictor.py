@@ -183,8 +183,7 @@ class Predictor:
         if spec.kind == "classification":
             probabilities = torch.softmax(outputs, dim=-1).tolist()
             labels = outputs.argmax(dim=-1).tolist()  # argmax of the logits, as TaskSpec.predict
-            names = spec.label_names or tuple(str(k) for k in range(spec.num_classes))
-            return [Classification(k, names[k], tuple(p)) for k, p in zip(labels, probabilities)]
+            return [Classification(k, spec.class_names[k], tuple(p)) for k, p in zip(labels, probabilities)]
         if spec.kind == "binary":
             decisions = (outputs > probability_logit(self.threshold)).tolist()  # TaskSpec.predict at 0.5
             return [Binary(p, d) for p, d in zip(torch.sigmoid(outputs).tolist(), decisions)]

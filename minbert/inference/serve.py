@@ -43,11 +43,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from minbert.config import to_dict
-from minbert.inference.io import class_names, result_fields
+from minbert.inference.io import result_fields
 from minbert.inference.predictor import Predictions, Predictor
 from minbert.inference.serve_limits import Limits
 from minbert.tasks.heads import SIMILARITY_SCALE
-from minbert.tasks.spec import BUILTIN
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 ENDPOINTS = {"sst": "/v1/sentiment", "para": "/v1/paraphrase", "sts": "/v1/similarity"}
@@ -319,8 +318,7 @@ def create_app(predictor: Predictor, limits: Limits = DEFAULT_LIMITS) -> FastAPI
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, 500)
 
     async def answer(task: str, inputs: list, route: str) -> dict:
-        if task not in batchers:
-            raise StarletteHTTPException(404, f"this model has no task {task!r}; its tasks: {list(predictor.tasks)}")
+        known_task(predictor, task)  # a model without the seed's tasks has no answer at their routes
         results, truncated = await batchers[task](inputs)
         return {"results": [_as_json(route, r, t) for r, t in zip(results, truncated)]}
 
@@ -341,6 +339,14 @@ def create_app(predictor: Predictor, limits: Limits = DEFAULT_LIMITS) -> FastAPI
         return page
 
     return app
+
+
+def known_task(predictor: Predictor, task: str):
+    """The spec of one of the model's tasks; a 404 naming its tasks for any other name (a
+    train-only task such as sst_phrases included: the model answers through its owner)."""
+    if task not in predictor.tasks:
+        raise StarletteHTTPException(404, f"this model has no task {task!r}; its tasks: {list(predictor.tasks)}")
+    return predictor.tasks[task]
 
 
 def add_task_routes(app: FastAPI, predictor: Predictor, limits: Limits, answer: Callable) -> None:
@@ -364,9 +370,7 @@ def add_task_routes(app: FastAPI, predictor: Predictor, limits: Limits, answer: 
     @app.post("/v1/predict/{task}", response_model=Answer[KindResult], response_model_exclude_none=True,
               summary="Any task of the model: texts or pairs, as the task takes them")  # fmt: skip
     async def predict(task: str, body: PredictRequest) -> dict:
-        if task not in predictor.tasks:  # a train-only task (sst_phrases) is not one the model answers
-            raise StarletteHTTPException(404, f"this model has no task {task!r}; its tasks: {list(predictor.tasks)}")
-        spec = predictor.tasks[task]
+        spec = known_task(predictor, task)
         given, wanted = ("pairs" if body.pairs is not None else "texts"), ("pairs" if spec.is_pair else "texts")
         if (body.pairs is None) == (body.texts is None) or given != wanted:
             raise StarletteHTTPException(422, f"task {task!r} takes {wanted!r}: send {{{wanted!r}: [...]}} and nothing else")
@@ -379,12 +383,12 @@ def describe_task(predictor: Predictor, task: str) -> dict:
     spec = predictor.tasks[task]
     about = {"kind": spec.kind, "input": "pairs" if spec.is_pair else "texts", "columns": list(spec.text_columns)}
     if spec.kind == "classification":
-        about["labels"] = list(class_names(spec))
+        about["labels"] = list(spec.class_names)
     elif spec.kind == "binary":
         about["threshold"] = predictor.threshold
     else:
         about["scale"] = list(spec.value_range)
-    seed_route = ENDPOINTS.get(task) if spec == BUILTIN.get(task) else None
+    seed_route = ENDPOINTS.get(task) if spec.is_builtin else None
     return {"endpoint": seed_route or f"/v1/predict/{task}", "predict_endpoint": f"/v1/predict/{task}", **about}
 
 

@@ -288,7 +288,6 @@ def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[j : j + batch_size] for j in range(0, len(order), batch_size)]
 
 
-
 # ---------------------------------------------------------------------------------------
 # Soft labels for distillation: `minbert ensemble --soft-labels` writes them, a run with
 # train.distill_from reads them.

@@ -118,6 +118,16 @@ class TaskSpec:
         return len(self.text_columns) == 2
 
     @property
+    def class_names(self) -> tuple[str, ...]:
+        """A classification task's class names: its label_names, else the class numbers."""
+        return self.label_names or tuple(str(k) for k in range(self.num_classes))
+
+    @property
+    def is_builtin(self) -> bool:
+        """The built-in task of this name, as built in (not a run's redeclaration of the name)."""
+        return BUILTIN.get(self.name) == self
+
+    @property
     def label_dtype(self) -> torch.dtype:
         return torch.long if self.kind == "classification" else torch.float
 
@@ -310,7 +320,7 @@ def head_task(name: str) -> str:
 
 def is_seed_task_set(specs: dict[str, TaskSpec]) -> bool:
     """The CS224N overall score applies: exactly the three built-in seed tasks, as built in."""
-    return sorted(specs) == sorted(SEED_TASKS) and all(specs[n] == BUILTIN[n] for n in specs)
+    return sorted(specs) == sorted(SEED_TASKS) and all(spec.is_builtin for spec in specs.values())
 
 
 class TaskSet(Mapping[str, TaskSpec]):
