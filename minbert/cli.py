@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -126,8 +128,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
 
 def train_command(args, overrides: list[str], parser) -> int:
+    """Exit status 0 when the run finished; after SIGTERM or SIGINT, 128 + the signal's number
+    (143, 130: as a shell reports a process the signal ended), last.safetensors at the step the
+    run stopped after, and one line saying how to go on."""
     from minbert.config import load_config
-    from minbert.training import TrainOptions, train
+    from minbert.training import TrainingStopped, TrainOptions, train
 
     config_path = resolve_config(args.config)
     cfg = load_config(config_path, overrides)
@@ -135,9 +140,26 @@ def train_command(args, overrides: list[str], parser) -> int:
     print(f"minbert: training {config_path} -> {out}", flush=True)
     options = TrainOptions(resume=args.resume, init_from=args.init_from, overwrite=args.overwrite,
                            progress=not args.no_progress)  # fmt: skip
-    print_scores(train(cfg, out, options))
+    try:
+        scores = train(cfg, out, options)
+    except TrainingStopped as stop:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+            print(f"minbert: {stop}; continue with: {resume_command(args, overrides, config_path, out)}", file=sys.stderr)
+        return stop.exit_status
+    print_scores(scores)
     print(f"run directory: {out}")
     return 0
+
+
+def resume_command(args, overrides: list[str], config_path: Path, out: Path) -> str:
+    """The `minbert train` line that continues this run: its config, overrides and --init-from
+    (under torchrun, the same number of processes a node)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = ["torchrun", f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', world)}", "-m", "minbert.cli"]
+    words = [*(launcher if world > 1 else ["minbert"]), "train", "--config", str(config_path), "--out", str(out), "--resume"]
+    words += ["--init-from", str(args.init_from)] if args.init_from else []
+    words += [f"--{o}" for o in overrides] + (["--no-progress"] if args.no_progress else [])
+    return shlex.join(words)
 
 
 def evaluate_command(args, overrides: list[str], parser) -> int:

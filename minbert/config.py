@@ -107,6 +107,8 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None
     checkpoint_every_minutes: float | None = 5.0
     log_every_steps: int = 50  # steps.jsonl is written (and losses checked finite) this often
+    # Under torchrun: how long a collective waits for a rank before the others stop, naming it.
+    ddp_timeout_s: float = 300.0
     tensorboard: bool = False  # also write the step losses, lr and dev scores to RUN/tensorboard/ (the tensorboard extra)
     loss_weights: dict[str, float] = field(default_factory=dict)  # a training task's loss x this (default 1)
     # R-Drop (Liang et al. 2021): each batch of these tasks goes through the model twice (two
@@ -246,6 +248,7 @@ RULES: dict[str, Rule] = {
     "train.checkpoint_every_steps": AT_LEAST_1,
     "train.checkpoint_every_minutes": POSITIVE,
     "train.log_every_steps": AT_LEAST_1,
+    "train.ddp_timeout_s": POSITIVE,
     "train.eval_subset": Rule(test=lambda v: v >= 2, words=">= 2, for a correlation"),
     "train.bucket_batches": AT_LEAST_1,
     "train.rdrop": FINITE_NON_NEGATIVE,

@@ -12,20 +12,31 @@ expectation is that of one process, its dropout noise less varied.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import time
 
 import torch
 import torch.distributed as dist
 
+DEFAULT_TIMEOUT_S = 300.0  # train.ddp_timeout_s's default
+_control: dict[str, object] = {}  # the CPU (gloo) group for small host-side collectives, and the timeout
 
-def init() -> tuple[int, int]:
-    """(rank, world size); starts the process group when launched by torchrun."""
+
+def init(timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, int]:
+    """(rank, world size); starts the process group when launched by torchrun. `timeout_s`: how
+    long a collective waits for a rank before it fails (gloo's default is 30 minutes: a lost rank
+    would hold the others that long)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        dist.init_process_group(backend, timeout=timeout)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # Host-side agreement (the stop flag) goes through gloo on CPU tensors: no device sync.
+        _control["group"] = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
+        _control["timeout_s"] = timeout_s
     return rank(), world_size()
 
 
@@ -78,6 +89,38 @@ def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(t)
         t /= world_size()
     return t
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest of every rank's `value` (a collective, on the CPU; `value` itself alone)."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control.get("group"))
+    return int(t.numpy()[0])
+
+
+def lost_ranks(wait_s: float | None = None) -> list[int] | None:
+    """After a collective failed: the ranks that do not answer a roll call on the process group's
+    store within `wait_s` (each rank that gets here says it is alive, then waits for the others).
+    None when it cannot tell: no MASTER_ADDR/MASTER_PORT, or the store itself is gone, which
+    means that rank 0 (whose process holds it, outside torchrun) is lost."""
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not (addr and port):
+        return None
+    me, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    wait_s = wait_s or min(10.0, _control.get("timeout_s", DEFAULT_TIMEOUT_S))
+    try:
+        store = dist.TCPStore(addr, int(port), is_master=False, timeout=datetime.timedelta(seconds=wait_s))
+        store.set(f"minbert/alive/{me}", "1")
+        deadline = time.monotonic() + wait_s
+        missing = [r for r in range(world) if r != me]
+        while missing and time.monotonic() < deadline:
+            missing = [r for r in missing if not store.check([f"minbert/alive/{r}"])]
+            time.sleep(0.2)
+        return missing
+    except (RuntimeError, OSError):  # the store does not answer
+        return [0] if me != 0 else None
 
 
 def gather_predictions(mine: dict[int, float], n: int) -> list:

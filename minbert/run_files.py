@@ -66,6 +66,7 @@ class Progress:
     loss_counts: dict[str, int] = field(default_factory=dict)
     log_bytes: dict[str, int] = field(default_factory=dict)  # size of each log when saved
     elapsed_s: float = 0.0  # training time before the current process
+    probe_due: bool = False  # stopped (by a signal) in the probe after `step`: a resumed run probes first
 
     def start_epoch(self) -> None:
         self.step_in_epoch, self.loss_sums, self.loss_counts = 0, {}, {}

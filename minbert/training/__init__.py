@@ -4,5 +4,6 @@ loop of phases, epochs and steps, probes, logs, samplers, MLM, frozen-feature ca
 
 from minbert.training.recipe import train
 from minbert.training.state import TrainOptions
+from minbert.training.stopping import TrainingStopped
 
-__all__ = ["train", "TrainOptions"]
+__all__ = ["train", "TrainOptions", "TrainingStopped"]

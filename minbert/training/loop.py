@@ -23,6 +23,7 @@ from minbert.training.logs import StepLog, append_record, print_epoch
 from minbert.training.probes import keep_if_best, probe
 from minbert.training.samplers import epoch_schedule
 from minbert.training.state import Run
+from minbert.training.stopping import StopRequested
 
 
 def layer_id(name: str, num_layers: int) -> int:
@@ -116,9 +117,18 @@ def end_epoch(run: Run, phase_idx: int, epoch: int, losses: dict[str, float]) ->
               "train_loss": losses, "elapsed_s": run.elapsed()}  # fmt: skip
     if cfg.train.eval_every_epoch or (phase_idx == len(cfg.train.phases) - 1 and epoch == phase.epochs - 1):
         started = time.time()
-        record["dev"] = evaluate_dev(run.model, run.data["dev"], cfg, run.device, run.features)
-        keep_if_best(run, record)
-        record["eval_s"] = round(time.time() - started, 1)
+        record["dev"] = evaluate_dev(run.model, run.data["dev"], cfg, run.device, run.features)  # a stop here: redone on resume
+    with run.stopper.hold():
+        if "dev" in record:
+            keep_if_best(run, record)
+            record["eval_s"] = round(time.time() - started, 1)
+        _close_epoch(run, phase_idx, epoch, record)
+    distributed.barrier()
+
+
+def _close_epoch(run: Run, phase_idx: int, epoch: int, record: dict) -> None:
+    """The epoch's record logged, the counters moved on, last.safetensors written."""
+    state, phase = run.progress, run.cfg.train.phases[phase_idx]
     state.history.append(record)
     if run.main:
         append_record(run.out_dir / "epochs.jsonl", record)
@@ -131,43 +141,60 @@ def end_epoch(run: Run, phase_idx: int, epoch: int, losses: dict[str, float]) ->
         state.phase, state.epoch = phase_idx + 1, 0
     if run.main:
         run.save_last()
-    distributed.barrier()
 
 
 def run_epoch(run: Run, phase: PhaseConfig, schedule: list[str], desc: str) -> dict[str, float]:
     """One epoch (or the rest of one, when resumed mid-epoch): a batch of the scheduled task,
-    its loss back-propagated, an optimizer step; a checkpoint whenever one is due."""
-    state, cfg = run.progress, run.cfg
+    its loss back-propagated, an optimizer step; a checkpoint whenever one is due. Each step
+    (and each log flush and checkpoint) runs to its end once begun: a stop asked for by a
+    signal (training/stopping.py) takes effect between them, the steps so far logged."""
+    state, cfg, stopper = run.progress, run.cfg, run.stopper
     log = StepLog(run)
     start = state.step_in_epoch
     steps = tqdm(schedule[start:], desc=desc, disable=not (run.show_bars and run.main), leave=False,
                  mininterval=2.0, initial=start, total=len(schedule))  # fmt: skip
-    for task in steps:
-        # Every rank draws the same global batch and trains on its own slice of it.
-        indices = run.streams[task].next_indices(run.data["train"][task], cfg.train.batch_size, cfg.train.seed,
-                                                 cfg.train.bucket_batches)  # fmt: skip
-        mine, weight = distributed.local_share(indices)
-        with distributed.autocast(run.device, cfg.train.precision):
-            loss = step_loss(run, task, mine, phase) * weight
-        if loss.requires_grad:  # a parameter-free head on a frozen encoder has nothing to learn
-            loss.backward()
-            run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
-        lr = run.scheduler.get_last_lr()[0]  # the rate this step used
-        run.scheduler.step()
-        state.step += 1
-        state.step_in_epoch += 1
-        log.add(state.step, task, loss.detach(), lr)
-        every = phase.eval_every_steps
-        if every and phase.mode == "finetune" and state.step_in_epoch % every == 0 and state.step_in_epoch < len(schedule):
-            probe(run, phase)  # the epoch's end is evaluated on the full dev sets anyway
-        if len(log.pending) >= cfg.train.log_every_steps:
-            log.flush()  # stops here on a non-finite loss, before anything is saved
-            # Mid-epoch checkpoints at flush points only: every rank flushes at the same steps.
-            if run.main and state.step_in_epoch < len(schedule) and run.timer.due(state.step):
-                run.save_last()
+    try:
+        if state.probe_due:  # stopped in this probe: it is run again before the next step
+            probe(run, phase)
+        for task in steps:
+            with stopper.hold():
+                train_step(run, phase, task, log)
+            every = phase.eval_every_steps
+            if every and phase.mode == "finetune" and state.step_in_epoch % every == 0 and state.step_in_epoch < len(schedule):
+                probe(run, phase)  # the epoch's end is evaluated on the full dev sets anyway
+            if len(log.pending) >= cfg.train.log_every_steps:
+                with stopper.hold():
+                    log.flush()  # stops here on a non-finite loss, before anything is saved
+                    # Mid-epoch checkpoints at flush points only: every rank flushes at the same steps.
+                    if run.main and state.step_in_epoch < len(schedule) and run.timer.due(state.step):
+                        run.save_last()
+            stopper.check_boundary()
+    except StopRequested:
+        log.flush()  # the steps done are logged before last.safetensors records the logs' sizes
+        raise
     log.flush()
     return {t: round(state.loss_sums[t] / state.loss_counts[t], 5) for t in sorted(state.loss_sums)}
+
+
+def train_step(run: Run, phase: PhaseConfig, task: str, log: StepLog) -> None:
+    """One optimizer step on the next global batch of `task` (this rank's slice of it), counted
+    and logged."""
+    state, cfg = run.progress, run.cfg
+    # Every rank draws the same global batch and trains on its own slice of it.
+    indices = run.streams[task].next_indices(run.data["train"][task], cfg.train.batch_size, cfg.train.seed,
+                                             cfg.train.bucket_batches)  # fmt: skip
+    mine, weight = distributed.local_share(indices)
+    with distributed.autocast(run.device, cfg.train.precision):
+        loss = step_loss(run, task, mine, phase) * weight
+    if loss.requires_grad:  # a parameter-free head on a frozen encoder has nothing to learn
+        loss.backward()
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    lr = run.scheduler.get_last_lr()[0]  # the rate this step used
+    run.scheduler.step()
+    state.step += 1
+    state.step_in_epoch += 1
+    log.add(state.step, task, loss.detach(), lr)
 
 
 def step_loss(run: Run, task: str, indices: list[int], phase: PhaseConfig) -> torch.Tensor:

@@ -39,19 +39,24 @@ def probe(run, phase: PhaseConfig) -> None:
     scored too, and they decide whether these weights become best.safetensors (so a plateau
     costs few full evaluations). Logged to evals.jsonl; the model is back in training mode after."""
     state, cfg = run.progress, run.cfg
+    state.probe_due = True  # until it is logged: a run stopped inside it probes again on resume
     record = {"phase": phase.name, "phase_index": state.phase, "epoch": state.epoch + 1, "step": state.step,
               "elapsed_s": run.elapsed()}  # fmt: skip
     started = time.time()
-    record["probe"] = evaluate_dev(run.model, run.probe, cfg, run.device)
-    if state.best_probe is None or record["probe"]["overall"] > state.best_probe:
-        state.best_probe = record["probe"]["overall"]
-        record["dev"] = evaluate_dev(run.model, run.data["dev"], cfg, run.device)
-        keep_if_best(run, record)
-    record["eval_s"] = round(time.time() - started, 1)  # the probe and any full-dev scoring
-    run.model.train()
-    if run.main:
-        append_record(run.out_dir / "evals.jsonl", record)
-        full = f"; full dev {record['dev']['overall']:.4f}" if "dev" in record else ""
-        mark = " *best" if record.get("best") else ""
-        print(f"[{phase.name} step {state.step}] dev probe {record['probe']['overall']:.4f}{full}{mark} | "
-              f"{record['elapsed_s']}s", flush=True)  # fmt: skip
+    scores = evaluate_dev(run.model, run.probe, cfg, run.device)
+    better = state.best_probe is None or scores["overall"] > state.best_probe
+    dev = evaluate_dev(run.model, run.data["dev"], cfg, run.device) if better else None
+    with run.stopper.hold():  # the evaluations may be cut by a stop; what they decide is kept whole
+        record["probe"] = scores
+        if better:
+            state.best_probe, record["dev"] = scores["overall"], dev
+            keep_if_best(run, record)
+        record["eval_s"] = round(time.time() - started, 1)  # the probe and any full-dev scoring
+        run.model.train()
+        if run.main:
+            append_record(run.out_dir / "evals.jsonl", record)
+            full = f"; full dev {record['dev']['overall']:.4f}" if "dev" in record else ""
+            mark = " *best" if record.get("best") else ""
+            print(f"[{phase.name} step {state.step}] dev probe {record['probe']['overall']:.4f}{full}{mark} | "
+                  f"{record['elapsed_s']}s", flush=True)  # fmt: skip
+        state.probe_due = False

@@ -19,41 +19,65 @@ from minbert import distributed
 from minbert.config import RunConfig
 from minbert.evaluation import overall_formula
 from minbert.reports.plots import CURVES, draw_curves, draw_or_explain
-from minbert.run_files import BEST, atomic_write, load_checkpoint
+from minbert.run_files import BEST, LAST, RunError, atomic_write, load_checkpoint
 from minbert.runs import build_model, encode_all, needed_splits, read_all, write_outputs
 from minbert.training.logs import print_history
 from minbert.training.loop import run_phase
 from minbert.training.run_state import RunLock
 from minbert.training.state import Run, TrainOptions, attach_soft_labels, launch_checks, set_seed, start
+from minbert.training.stopping import Stopper, StopRequested
 
 
 def train(cfg: RunConfig, out_dir: str | Path, options: TrainOptions | None = None) -> dict[str, float]:
     """Train as `cfg` says, writing everything into out_dir (locked while the run writes it);
     returns the final dev scores and the training wall time ({} when options.stop_after_epochs
-    stopped the run first). `options`: resume, init_from, overwrite, progress bars, device."""
+    stopped the run first). `options`: resume, init_from, overwrite, progress bars, device.
+    SIGTERM or SIGINT stop the run after the step in progress, with last.safetensors at that
+    step: `TrainingStopped` (training/stopping.py)."""
     options, out_dir = options or TrainOptions(), Path(out_dir)
-    distributed.init()
+    distributed.init(cfg.train.ddp_timeout_s)
     if distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(out_dir) if distributed.is_main() else contextlib.nullcontext():
-        resume_ckpt = launch_checks(cfg, out_dir, options)
-        set_seed(cfg.train.seed)
-        raw = read_all(cfg, needed_splits(cfg))  # fails here, before any long work, on bad data
-        model, tokenizer = build_model(cfg)
-        data = encode_all(raw, tokenizer, cfg)
-        attach_soft_labels(data.get("train", {}), cfg)
-        run = start(cfg, out_dir, model, tokenizer, (raw, data), options, resume_ckpt)
+    run = None
+    with RunLock(out_dir) if distributed.is_main() else contextlib.nullcontext(), \
+            Stopper(immediate=distributed.world_size() == 1) as stopper:  # fmt: skip
         try:
-            for phase_idx in range(run.progress.phase, len(cfg.train.phases)):
-                if not run_phase(run, phase_idx):
-                    return {}  # stopped after options.stop_after_epochs, as an interruption would
-            scores = finish(run)
-        finally:
-            if run.tensorboard is not None:
-                run.tensorboard.close()
-        if run.main:  # a picture that cannot be drawn is said, never fails the run
-            draw_or_explain(str(out_dir / CURVES), lambda: draw_curves(out_dir))
-        return scores
+            resume_ckpt = launch_checks(cfg, out_dir, options)
+            set_seed(cfg.train.seed)
+            raw = read_all(cfg, needed_splits(cfg))  # fails here, before any long work, on bad data
+            model, tokenizer = build_model(cfg)
+            data = encode_all(raw, tokenizer, cfg)
+            attach_soft_labels(data.get("train", {}), cfg)
+            with stopper.hold():
+                run = start(cfg, out_dir, model, tokenizer, (raw, data), options, resume_ckpt)
+                run.stopper = stopper
+            scores = _train_and_finish(run)  # {}: stopped after options.stop_after_epochs
+            if scores and run.main:  # a picture that cannot be drawn is said, never fails the run
+                draw_or_explain(str(out_dir / CURVES), lambda: draw_curves(out_dir))
+            return scores
+        except StopRequested:
+            raise (run.save_on_stop() if run is not None else stopper.stopped(None, out_dir / LAST)) from None
+
+
+def _train_and_finish(run: Run) -> dict[str, float]:
+    """The phases left, then `finish`; {} when options.stop_after_epochs stops the run first.
+    Under torchrun, a collective that fails (a rank lost, or silent past train.ddp_timeout_s)
+    stops this rank with a line naming the ranks that did not answer."""
+    try:
+        for phase_idx in range(run.progress.phase, len(run.cfg.train.phases)):
+            if not run_phase(run, phase_idx):
+                return {}
+        return finish(run)
+    except RuntimeError as e:
+        if distributed.world_size() == 1 or isinstance(e, RunError):
+            raise
+        lost = distributed.lost_ranks()
+        if lost == []:  # every rank answered: not a lost rank
+            raise
+        raise run.lost_rank(e, lost) from e
+    finally:
+        if run.tensorboard is not None:
+            run.tensorboard.close()
 
 
 def finish(run: Run) -> dict[str, float]:

@@ -7,6 +7,7 @@ are the first of this one (`--init-from`). What a checkpoint holds is minbert/ru
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,12 +27,13 @@ from minbert.tasks.data import length_bucketed_batches, load_soft_labels, soft_l
 from minbert.tasks.encoding import EncodedTask
 from minbert.tokenizer import WordPieceTokenizer
 from minbert.training.run_state import CheckpointTimer, config_differences, log_sizes, rng_state, set_rng_state, truncate_logs
+from minbert.training.stopping import Stopper, TrainingStopped
 
 LOGS = ("steps.jsonl", "epochs.jsonl", "evals.jsonl")
 # Keys that may change when a run is resumed: they decide when files are written (and how
 # many threads compute), not what is computed.
 RESUMABLE_CHANGES = ("train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.log_every_steps",
-                     "train.threads", "train.tensorboard")  # fmt: skip
+                     "train.threads", "train.tensorboard", "train.ddp_timeout_s")  # fmt: skip
 RUN_FILES = (LAST, BEST, "metrics.json", "timing.json", "config.yaml", *LOGS,
              CURVES, DEV_OUTPUTS, *EVALUATION_PICTURES.values())  # fmt: skip
 
@@ -102,6 +104,7 @@ class Run:
     probe: dict[str, EncodedTask] | None = None  # the dev examples of eval_every_steps (probes.dev_probe)
     resumed_from: Checkpoint | None = None  # until the phase it was taken in has its optimizer state back
     epochs_this_call: int = 0
+    stopper: Stopper = field(default_factory=lambda: Stopper(immediate=True))  # SIGTERM/SIGINT (train enters it)
 
     def __post_init__(self) -> None:
         self.earlier_s = self.progress.elapsed_s  # training time of earlier processes (resumed runs)
@@ -149,9 +152,29 @@ class Run:
                         self.out_dir / BEST)  # fmt: skip
 
     def diverged(self, what: str) -> RunError:
+        return RunError(f"training diverged: {what}; stopped with no predictions written; {self.kept()}")
+
+    def lost_rank(self, error: RuntimeError, lost: list[int] | None) -> RunError:
+        """A collective failed (torchrun): which ranks did not answer, and what is kept."""
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", reason)  # gloo's and NCCL's "[source file:line]"
+        who = f"rank {', '.join(map(str, lost))} of {distributed.world_size()} is lost" if lost else "a rank is lost"
+        return RunError(f"{who}: a collective failed after step {self.progress.step} ({reason}); this rank "
+                        f"(rank {distributed.rank()}) stops; {self.kept()}; start the run again with --resume")  # fmt: skip
+
+    def kept(self) -> str:
         last = self.out_dir / LAST
-        kept = f"{last} (step {self.saved_step}) is intact" if last.exists() else "no checkpoint had been written yet"
-        return RunError(f"training diverged: {what}; stopped with no predictions written; {kept}")
+        return f"{last} (step {self.saved_step}) is intact" if last.exists() else "no checkpoint had been written yet"
+
+    def save_on_stop(self) -> TrainingStopped:
+        """After a stop was asked for: last.safetensors at this step, unless it holds it already
+        (rank 0 writes; every rank waits for it)."""
+        if self.progress.step > self.saved_step:  # steps were made in this process since the last one
+            if self.main:
+                self.save_last()
+            self.saved_step = self.progress.step
+        distributed.barrier()
+        return self.stopper.stopped(self.saved_step, self.out_dir / LAST)
 
 
 def set_seed(seed: int) -> None:
