@@ -233,9 +233,14 @@ def serve_command(args, overrides: list[str], parser) -> int:
 
 
 def reproduce_command(args, overrides: list[str], parser) -> int:
+    from minbert.training import TrainingStopped
     from minbert.training.reproduce import reproduce
 
-    reproduce(Path(args.out), args.models.split(","), overrides, progress=not args.no_progress)
+    try:
+        reproduce(Path(args.out), args.models.split(","), overrides, progress=not args.no_progress)
+    except TrainingStopped as stop:  # each model's run resumes where it stopped
+        print(f"minbert: {stop}; the same command goes on from there", file=sys.stderr)
+        return stop.exit_status
     return 0
 
 
