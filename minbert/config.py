@@ -52,6 +52,9 @@ class DataConfig:
     # Phrases (mixed in by sst_phrases, or the train-only task sst_phrases) of at least this many words.
     phrase_min_words: int = 1
     cache_dir: str = "~/.cache/minbert"  # frozen-encoder feature cache
+    # --resume / --init-from go on when a data file changed since the run started (noted in
+    # its events.jsonl); false: they refuse, naming the file and what changed.
+    allow_changed: bool = False
 
 
 @dataclass

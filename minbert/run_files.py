@@ -13,6 +13,9 @@ pickle can: minbert never unpickles a run checkpoint).
 - `last.safetensors`: the same fields plus `progress` (counters), optimizer, schedule and RNG
   states: everything needed to continue the run exactly where it stopped.
 
+Both carry `data`: the fingerprints of the data files the run read (tasks/data.py's
+`fingerprint`); a checkpoint written before they were recorded reads back with `data=None`.
+
 Files are written to a fresh temporary name beside the target, flushed to disk, then renamed
 over it: a crash or a full disk leaves the previous file whole. `RunLock` keeps two
 processes from writing one run directory (training/run_state.py).
@@ -84,6 +87,7 @@ class Checkpoint:
     scheduler: dict | None = None  # torch LR scheduler state_dict
     rng: dict | None = None  # see rng_state()
     mlm_head: dict[str, torch.Tensor] | None = None
+    data: dict[str, dict] | None = None  # the data files' fingerprints; None in older checkpoints
 
 
 # ---------------------------------------------------------------------------------------
@@ -119,6 +123,8 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> None:
 
     tensors = {f"model.{k}": v for k, v in ckpt.model.items()}
     meta = {"config": ckpt.config, "bert_config": ckpt.bert_config, "dev": ckpt.dev}
+    if ckpt.data is not None:
+        meta["data"] = ckpt.data
     if ckpt.progress is not None:
         meta["progress"] = dataclasses.asdict(ckpt.progress)
         meta["scheduler"] = ckpt.scheduler
@@ -183,7 +189,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')!r}; this minbert reads {VERSION!r}")
     fields = {}
-    for key in ("config", "bert_config", "dev", "progress", "optimizer", "scheduler", "rng", "mlm_head"):
+    for key in ("config", "bert_config", "dev", "progress", "optimizer", "scheduler", "rng", "mlm_head", "data"):
         try:
             fields[key] = json.loads(meta[key]) if key in meta else None
         except json.JSONDecodeError as e:
@@ -213,6 +219,8 @@ def _assemble(tensors: dict[str, torch.Tensor], f: dict) -> Checkpoint:
     ckpt = Checkpoint(prefixed("model."), f["config"], f["bert_config"], f["dev"])
     if not ckpt.model:
         raise ValueError("no model weights")
+    if f["data"] is not None:
+        ckpt.data = checked_fingerprints(f["data"], "header field 'data'")
     if f["progress"] is None:
         return ckpt
     ckpt.progress = Progress(**f["progress"])
@@ -231,3 +239,30 @@ def _assemble(tensors: dict[str, torch.Tensor], f: dict) -> Checkpoint:
                 "torch": tensors["rng.torch"], "cuda": [tensors[f"rng.cuda.{i}"] for i in range(r["cuda"])]}  # fmt: skip
     ckpt.mlm_head = prefixed("mlm_head.") if f["mlm_head"] else None
     return ckpt
+
+
+def checked_fingerprints(value, where: str) -> dict[str, dict]:
+    """`value` (read back from JSON) if it is a set of data fingerprints (tasks/data.py's
+    `fingerprint` of each file); else a ValueError naming `where`."""
+    fields = {"bytes": int, "lines": int, "sha256": str}
+    good = isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, dict) and all(isinstance(v.get(f), t) for f, t in fields.items())
+        for k, v in value.items())  # fmt: skip
+    if not good:
+        raise ValueError(f"{where}: not a set of data fingerprints ({{file: {{bytes, lines, sha256}}}})")
+    return value
+
+
+def checkpoint_data(path: str | Path) -> dict[str, dict] | None:
+    """The data fingerprints of a checkpoint (None: written before they were recorded), read
+    from its header alone; a file that is not a readable checkpoint fails as in load_checkpoint."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(resolve_checkpoint_file(path)), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise ValueError("not a minbert checkpoint of this version")
+        return checked_fingerprints(json.loads(meta["data"]), "data") if "data" in meta else None
+    except Exception:  # noqa: BLE001  unreadable or damaged: load_checkpoint names the fault, as always
+        return load_checkpoint(path).data

@@ -20,13 +20,14 @@ from minbert.evaluation import dev_scores, predict, prediction_path, write_predi
 from minbert.model import BertConfig, BertModel
 from minbert.multitask import MultitaskBert
 from minbert.run_files import Checkpoint, load_checkpoint
-from minbert.tasks.data import Example, resolve_data_dir
+from minbert.tasks.data import Example, fingerprints, resolve_data_dir, soft_labels_path
 from minbert.tasks.encoding import EncodedTask
 from minbert.tasks.spec import TRAIN_ONLY, TaskSet
 from minbert.tokenizer import WordPieceTokenizer
 
 Raw = dict[str, dict[str, list[Example]]]  # split -> task -> examples
 Encoded = dict[str, dict[str, EncodedTask]]  # split -> task -> tokenised examples
+PHRASE_FILE = "sst-trees-train.txt"  # the SST training trees (tasks/phrases.py)
 
 
 # ---------------------------------------------------------------------------------------
@@ -57,12 +58,38 @@ def read_all(cfg: RunConfig, splits: dict[str, tuple[str, ...]]) -> Raw:
             if result.skipped and task not in TRAIN_ONLY:
                 print(f"{result.path}: {result.skipped_summary()}")
             examples = result.examples
-            if split == "train" and (task == "sst_phrases" or (task == "sst" and cfg.data.sst_phrases)):
-                phrases = phrase_examples(data_dir / "sst-trees-train.txt", examples, cfg.data.phrase_min_words)
+            if _reads_phrases(cfg, split, task):
+                phrases = phrase_examples(data_dir / PHRASE_FILE, examples, cfg.data.phrase_min_words)
                 examples = phrases if task == "sst_phrases" else examples + phrases
             cap = cfg.data.max_train_examples if split == "train" else cfg.data.max_eval_examples
             out[split][task] = fixed_sample(examples, cap, f"{cfg.train.seed}/{split}/{task}")
     return out
+
+
+def _reads_phrases(cfg: RunConfig, split: str, task: str) -> bool:
+    """Whether `task`'s examples of `split` take the phrases of the SST training trees."""
+    return split == "train" and (task == "sst_phrases" or (task == "sst" and cfg.data.sst_phrases))
+
+
+def data_files(cfg: RunConfig, splits: dict[str, tuple[str, ...]]) -> list[Path]:
+    """Every file read_all reads for `splits`, in reading order, and, for a training split with
+    train.distill_from, the teacher's soft-label files that attach_soft_labels reads."""
+    data_dir, tasks = resolve_data_dir(cfg.data.dir), TaskSet.of(cfg.tasks)
+    files: list[Path] = []
+    for split, names in splits.items():
+        for task in names:
+            files.append(tasks[task].file(data_dir, split))
+            if _reads_phrases(cfg, split, task):
+                files.append(data_dir / PHRASE_FILE)
+    if cfg.train.distill_from and "train" in splits:
+        files += [p for t in splits["train"] if (p := soft_labels_path(cfg.train.distill_from, t)).is_file()]
+    return list(dict.fromkeys(files))  # sst and sst_phrases read one trees file
+
+
+def data_fingerprints(cfg: RunConfig, splits: dict[str, tuple[str, ...]]) -> dict[str, dict]:
+    """The fingerprints (tasks.data.fingerprint) of every file the run reads for `splits`,
+    keyed by their paths relative to the data directory."""
+    return fingerprints(data_files(cfg, splits), resolve_data_dir(cfg.data.dir))
 
 
 def fixed_sample(examples: list[Example], k: int | None, key: str) -> list[Example]:

@@ -10,9 +10,9 @@ version for the int8 backend (see onnx_graphs).
 
 Both also write what minbert needs beside them: `minbert_heads.safetensors` (the task heads;
 hf only) and `minbert_config.json` (the run config, the BERT config, the paraphrase threshold,
-the dev scores), so that `Predictor.load(DIR)` works from the export alone. Everything is
-written into a temporary directory first, and put in place only when complete (and, for ONNX,
-checked against PyTorch).
+the dev scores, the fingerprints of the data files the run read), so that `Predictor.load(DIR)`
+works from the export alone. Everything is written into a temporary directory first, and put
+in place only when complete (and, for ONNX, checked against PyTorch).
 """
 
 from __future__ import annotations
@@ -47,15 +47,17 @@ SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD
 
 
 def write_export(model: MultitaskBert, tokenizer: WordPieceTokenizer, cfg: RunConfig, directory: Path, fmt: str,
-                 dev: dict | None = None, source: str = "") -> None:  # fmt: skip
-    """Write the export files of `fmt` ("hf" or "onnx") into an existing, empty `directory`.
-    (7 parameters: what an export holds, each once.)"""
+                 dev: dict | None = None, source: str = "", data: dict | None = None) -> None:  # fmt: skip
+    """Write the export files of `fmt` ("hf" or "onnx") into an existing, empty `directory`;
+    `data`: the fingerprints of the data files the run read (its checkpoint's).
+    (8 parameters: what an export holds, each once.)"""
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r} is not one of {FORMATS}")
     directory = Path(directory)
     bert_config = vars(model.bert.config)
     manifest = {"format": FORMAT, "version": VERSION, "paraphrase_threshold": PARAPHRASE_THRESHOLD,
-                "config": to_dict(cfg), "bert_config": bert_config, "dev": dev, "source": source}  # fmt: skip
+                "config": to_dict(cfg), "bert_config": bert_config, "dev": dev, "source": source,
+                "data": data}  # fmt: skip
     _write_json(directory / MANIFEST, manifest)
     _write_tokenizer(tokenizer, cfg, directory)
     if fmt == "onnx":
@@ -137,7 +139,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, fmt: str, ove
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".export", dir=out_dir.parent))
     try:
-        write_export(model, tokenizer, cfg, staged, fmt, ckpt.dev, str(checkpoint))
+        write_export(model, tokenizer, cfg, staged, fmt, ckpt.dev, str(checkpoint), ckpt.data)
         report = None
         if fmt == "onnx" and check:
             try:

@@ -1,7 +1,7 @@
 """An export directory as minbert reads it back: `minbert_config.json` (the manifest: the run
-config, the BERT config, the paraphrase threshold, the dev scores), the tokenizer, and (hf
-exports) the model from `model.safetensors` and `minbert_heads.safetensors`. What writing an
-export (export.py) and loading one (predictor.py) share.
+config, the BERT config, the paraphrase threshold, the dev scores, the fingerprints of the data
+files the run read), the tokenizer, and (hf exports) the model from `model.safetensors` and
+`minbert_heads.safetensors`. What writing an export (export.py) and loading one (predictor.py) share.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class Manifest:
     threshold: float
     dev: dict | None
     source: str
+    data: dict | None = None  # {file: {bytes, lines, sha256}}; None in an export of an older minbert
 
 
 def is_export(path: str | Path) -> bool:
@@ -46,7 +47,8 @@ def read_manifest(directory: str | Path) -> Manifest:
                              f"this minbert reads {FORMAT!r} {VERSION}")  # fmt: skip
         cfg = load_config(None, [], base=raw["config"])
         threshold = float(raw["paraphrase_threshold"])
-        return Manifest(cfg, dict(raw["bert_config"]), threshold, raw.get("dev"), raw.get("source", ""))
+        return Manifest(cfg, dict(raw["bert_config"]), threshold, raw.get("dev"), raw.get("source", ""),
+                        raw.get("data"))  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: not a readable minbert export ({type(e).__name__}: {e})") from None
 

@@ -1,5 +1,6 @@
-"""Reading, validating and batching the data files (CS224N's format and others), and the
-soft-label files an ensemble writes for distillation.
+"""Reading, validating and batching the data files (CS224N's format and others), the
+soft-label files an ensemble writes for distillation, and the fingerprints of the files a run
+read (so that a resumed run can tell that they changed, and a score can be traced to its data).
 
 Every file is UTF-8, tab-separated, with a header row. Columns are found by name in the
 header, so the SST test file's odd header (`0<TAB><TAB>id<TAB>sentence`) reads like the others.
@@ -14,6 +15,7 @@ never loses a row: each needs a prediction.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -344,3 +346,55 @@ def _soft_line(raw: bytes) -> tuple[str, float | list[float]]:
                              for v in values):  # fmt: skip
         raise ValueError(f"'soft' must be a finite number or a non-empty list of them, got {soft!r}")
     return obj["id"], soft
+
+
+# ---------------------------------------------------------------------------------------
+# Fingerprints: what each file a run read was (size, line breaks, sha256). A run records them
+# (data.json, its checkpoints, metrics.json, its exports); --resume and --init-from compare.
+
+HASH_CHUNK = 1 << 20  # bytes read at a time
+
+
+def fingerprint(path: str | Path) -> dict:
+    """{"bytes": size, "lines": line breaks, "sha256": hex digest} of one file, read in chunks."""
+    digest, size, lines = hashlib.sha256(), 0, 0
+    try:
+        with Path(path).open("rb") as f:
+            while chunk := f.read(HASH_CHUNK):
+                digest.update(chunk)
+                size, lines = size + len(chunk), lines + chunk.count(b"\n")
+    except FileNotFoundError:
+        raise DataError(path, None, "file not found") from None
+    except IsADirectoryError:
+        raise DataError(path, None, "is a directory, not a data file") from None
+    return {"bytes": size, "lines": lines, "sha256": digest.hexdigest()}
+
+
+def fingerprints(paths: Sequence[Path], data_dir: Path) -> dict[str, dict]:
+    """Each file's fingerprint, keyed by its path relative to `data_dir` (absolute for a file
+    outside it, such as a teacher's soft labels), in the order of `paths`."""
+    base = Path(data_dir).absolute()
+    keys = [Path(p).absolute() for p in paths]
+    return {str(k.relative_to(base) if k.is_relative_to(base) else k): fingerprint(p) for k, p in zip(keys, paths)}
+
+
+def data_changes(recorded: dict, current: dict, data_dir: Path, common_only: bool = False) -> list[str]:
+    """What differs between two sets of fingerprints, one phrase a file, naming it as read now:
+    `DIR/ids-sst-train.csv: 8,545 -> 4,273 lines, 1,175,139 -> 587,211 bytes`, `...: content
+    changed, same size (sha256 1f0a2b3c4d5e... -> 9e8d7c6b5a4f...)`, `...: no longer read`,
+    `...: newly read`. `common_only`: the files both read, only (a run continued with --init-from
+    may read more or fewer files than the run it continues)."""
+    out = []
+    for key in [*current, *(k for k in recorded if k not in current)]:
+        name, was, now = Path(data_dir) / key, recorded.get(key), current.get(key)
+        if was is None or now is None:
+            if not common_only:
+                out.append(f"{name}: {'newly read' if was is None else 'no longer read'}")
+        elif was["bytes"] != now["bytes"]:
+            lines = f"{was['lines']:,} -> {now['lines']:,} lines, " if was["lines"] != now["lines"] else ""
+            out.append(f"{name}: {lines}{was['bytes']:,} -> {now['bytes']:,} bytes")
+        elif was["sha256"] != now["sha256"]:
+            digests = f"sha256 {was['sha256'][:12]}... -> {now['sha256'][:12]}..."
+            out.append(f"{name}: content changed, same size ({digests})")
+    return out
+

@@ -193,9 +193,13 @@ class TaskSpec:
             return str(int(p))
         return str(float(p)) if self.kind == "binary" else str(np.float32(p))
 
+    def file(self, data_dir: Path, split: str) -> Path:
+        """The file of `split` in `data_dir`."""
+        return Path(data_dir) / self.files[split]
+
     def read(self, data_dir: Path, split: str, skip_bad_rows: bool = False) -> ReadResult:
         label_column = None if split == "test" else self.label_column
-        return read_table(Path(data_dir) / self.files[split], self.text_columns, label_column, self.parse_label,
+        return read_table(self.file(data_dir, split), self.text_columns, label_column, self.parse_label,
                           skip_bad_rows, self.id_column, self.format)  # fmt: skip
 
 

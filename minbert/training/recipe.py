@@ -24,7 +24,7 @@ from minbert.runs import build_model, encode_all, needed_splits, read_all, write
 from minbert.training.logs import print_history
 from minbert.training.loop import run_phase
 from minbert.training.run_state import RunLock
-from minbert.training.state import Run, TrainOptions, attach_soft_labels, launch_checks, set_seed, start
+from minbert.training.state import Run, TrainOptions, attach_soft_labels, check_data, launch_checks, set_seed, start
 from minbert.training.stopping import Stopper, StopRequested
 
 
@@ -45,11 +45,12 @@ def train(cfg: RunConfig, out_dir: str | Path, options: TrainOptions | None = No
             resume_ckpt = launch_checks(cfg, out_dir, options)
             set_seed(cfg.train.seed)
             raw = read_all(cfg, needed_splits(cfg))  # fails here, before any long work, on bad data
+            record = check_data(cfg, out_dir, options, resume_ckpt)  # and on data changed since the run started
             model, tokenizer = build_model(cfg)
             data = encode_all(raw, tokenizer, cfg)
             attach_soft_labels(data.get("train", {}), cfg)
             with stopper.hold():
-                run = start(cfg, out_dir, model, tokenizer, (raw, data), options, resume_ckpt)
+                run = start(cfg, out_dir, model, tokenizer, (raw, data, record), options, resume_ckpt)
                 run.stopper = stopper
             scores = _train_and_finish(run)  # {}: stopped after options.stop_after_epochs
             if scores and run.main:  # a picture that cannot be drawn is said, never fails the run
@@ -82,8 +83,8 @@ def _train_and_finish(run: Run) -> dict[str, float]:
 
 def finish(run: Run) -> dict[str, float]:
     """Reload the best checkpoint, score it on dev, write the prediction files and metrics.json
-    (scores only, so that two runs of one config and seed give identical files; the wall time
-    goes to timing.json)."""
+    (scores and the data files' fingerprints only, so that two runs of one config and seed give
+    identical files; the wall time goes to timing.json)."""
     model, cfg, out_dir = run.model, run.cfg, run.out_dir
     model.bert.requires_grad_(True)
     distributed.barrier()
@@ -94,7 +95,8 @@ def finish(run: Run) -> dict[str, float]:
     model.to(run.device)
     scores = write_outputs(model, run.data, cfg, out_dir, run.device, features)
     if distributed.is_main():
-        metrics = json.dumps({**scores, "overall_formula": overall_formula(run.data["dev"])}, indent=2) + "\n"
+        metrics = {**scores, "overall_formula": overall_formula(run.data["dev"]), "data": run.data_files}
+        metrics = json.dumps(metrics, indent=2) + "\n"
         atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(metrics))
         timing = json.dumps({"train_wall_s": round(elapsed, 1)}) + "\n"
         atomic_write(out_dir / "timing.json", lambda tmp: tmp.write_text(timing))

@@ -2,10 +2,13 @@
 which makes a run ready for its first step: fresh (its directory cleaned, its config written),
 resumed from its last checkpoint (`--resume`), or continued from a finished run whose phases
 are the first of this one (`--init-from`). What a checkpoint holds is minbert/run_files.py.
+`check_data` compares the data files with the fingerprints the run recorded (data.json, its
+checkpoints) before any long work: changed data is refused unless data.allow_changed.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
@@ -21,20 +24,25 @@ from minbert.checkpoint import CheckpointError
 from minbert.config import ConfigError, RunConfig, load_config, save_config, to_dict
 from minbert.multitask import MultitaskBert
 from minbert.reports.plots import CURVES, DEV_OUTPUTS, EVALUATION_PICTURES
-from minbert.run_files import BEST, LAST, Checkpoint, Progress, RunError, atomic_write, load_checkpoint, save_checkpoint
-from minbert.runs import Encoded, Raw
-from minbert.tasks.data import length_bucketed_batches, load_soft_labels, soft_labels_path
+from minbert.run_files import (BEST, LAST, Checkpoint, Progress, RunError, atomic_write, checked_fingerprints,
+                               checkpoint_data, load_checkpoint, save_checkpoint)  # fmt: skip
+from minbert.runs import Encoded, Raw, data_fingerprints, needed_splits
+from minbert.tasks.data import (data_changes, length_bucketed_batches, load_soft_labels, resolve_data_dir,
+                                soft_labels_path)  # fmt: skip
 from minbert.tasks.encoding import EncodedTask
 from minbert.tokenizer import WordPieceTokenizer
 from minbert.training.run_state import CheckpointTimer, config_differences, log_sizes, rng_state, set_rng_state, truncate_logs
 from minbert.training.stopping import Stopper, TrainingStopped
 
 LOGS = ("steps.jsonl", "epochs.jsonl", "evals.jsonl")
+# data.json: the fingerprints of the data files the run reads now. events.jsonl: what happened to
+# the run beside its steps (data that changed and was accepted); never cut back on resume.
+DATA_FILE, EVENTS = "data.json", "events.jsonl"
 # Keys that may change when a run is resumed: they decide when files are written (and how
-# many threads compute), not what is computed.
+# many threads compute), or whether changed data is accepted, not what is computed.
 RESUMABLE_CHANGES = ("train.checkpoint_every_steps", "train.checkpoint_every_minutes", "train.log_every_steps",
-                     "train.threads", "train.tensorboard", "train.ddp_timeout_s")  # fmt: skip
-RUN_FILES = (LAST, BEST, "metrics.json", "timing.json", "config.yaml", *LOGS,
+                     "train.threads", "train.tensorboard", "train.ddp_timeout_s", "data.allow_changed")  # fmt: skip
+RUN_FILES = (LAST, BEST, "metrics.json", "timing.json", "config.yaml", DATA_FILE, EVENTS, *LOGS,
              CURVES, DEV_OUTPUTS, *EVALUATION_PICTURES.values())  # fmt: skip
 
 
@@ -105,6 +113,7 @@ class Run:
     resumed_from: Checkpoint | None = None  # until the phase it was taken in has its optimizer state back
     epochs_this_call: int = 0
     stopper: Stopper = field(default_factory=lambda: Stopper(immediate=True))  # SIGTERM/SIGINT (train enters it)
+    data_files: dict[str, dict] = field(default_factory=dict)  # fingerprints of the files read (DataRecord)
 
     def __post_init__(self) -> None:
         self.earlier_s = self.progress.elapsed_s  # training time of earlier processes (resumed runs)
@@ -142,14 +151,15 @@ class Run:
         save_checkpoint(Checkpoint(
             self.model.state_dict(), to_dict(self.cfg), vars(self.model.bert.config), None, self.progress,
             self.optimizer.state_dict(), self.scheduler.state_dict(), rng_state(),
-            self.mlm_head.state_dict() if self.mlm_head is not None else None), self.out_dir / LAST)  # fmt: skip
+            self.mlm_head.state_dict() if self.mlm_head is not None else None, self.data_files),
+            self.out_dir / LAST)  # fmt: skip
         self.saved_step = self.progress.step
         self.timer.reset(self.progress.step)
 
     def save_best(self, scores: dict[str, float]) -> None:
         """best.safetensors: these weights, their config and dev scores (rank 0 only)."""
-        save_checkpoint(Checkpoint(self.model.state_dict(), to_dict(self.cfg), vars(self.model.bert.config), scores),
-                        self.out_dir / BEST)  # fmt: skip
+        save_checkpoint(Checkpoint(self.model.state_dict(), to_dict(self.cfg), vars(self.model.bert.config), scores,
+                                   data=self.data_files), self.out_dir / BEST)  # fmt: skip
 
     def diverged(self, what: str) -> RunError:
         return RunError(f"training diverged: {what}; stopped with no predictions written; {self.kept()}")
@@ -221,6 +231,70 @@ def checkpoint_to_resume(cfg: RunConfig, out_dir: Path) -> Checkpoint | None:
     return ckpt
 
 
+@dataclass
+class DataRecord:
+    """The fingerprints of the files a run reads (from here on, the recorded ones), and the
+    changes since they were recorded that data.allow_changed went on with."""
+
+    files: dict[str, dict]
+    accepted: list[str] = field(default_factory=list)
+    where: str = ""  # the record they differ from, and how: the head of the note
+
+
+def check_data(cfg: RunConfig, out_dir: Path, options: TrainOptions, resume_ckpt: Checkpoint | None) -> DataRecord:
+    """Fingerprint every file the run reads; on --resume and --init-from, compare with what was
+    recorded: the run's last checkpoint (its data.json if it stopped before one), or the last
+    checkpoint of the run it continues. A change is a ValueError naming each file and what
+    changed, unless data.allow_changed; a record without fingerprints (an older minbert's) is
+    said in one line, and the run goes on."""
+    files = data_fingerprints(cfg, needed_splits(cfg))
+    if options.resume:
+        where = out_dir / (LAST if resume_ckpt is not None else DATA_FILE)
+        recorded = resume_ckpt.data if resume_ckpt is not None else _read_data_file(where)
+        what, common_only = "the run's data changed since it started", False
+    elif options.init_from is not None:
+        where = Path(options.init_from) / LAST
+        recorded = checkpoint_data(where)
+        what, common_only = "this run's data differs from the data of the run it continues", True
+    else:
+        return DataRecord(files)
+    if recorded is None:
+        print(f"{where}: holds no fingerprints of the run's data (an older minbert's): the data cannot be checked; "
+              "going on, and recording them from here", flush=True)  # fmt: skip
+        return DataRecord(files)
+    changes = data_changes(recorded, files, resolve_data_dir(cfg.data.dir), common_only)
+    if changes and not cfg.data.allow_changed:
+        raise ValueError(f"{where}: {what}: {'; '.join(changes)}; pass --data.allow_changed=true to go on with the "
+                         "new data")  # fmt: skip
+    return DataRecord(files, changes, f"{where}: {what}")
+
+
+def _read_data_file(path: Path) -> dict[str, dict] | None:
+    """A run directory's data.json (None where there is none: a run of an older minbert)."""
+    if not path.exists():
+        return None
+    try:
+        return checked_fingerprints(json.loads(path.read_text()), str(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def record_data(out_dir: Path, record: DataRecord, step: int) -> None:
+    """data.json: the fingerprints of the files read now; and, where data.allow_changed went on
+    with changed data, a line saying so and an `events.jsonl` record (rank 0 only)."""
+    if not distributed.is_main():
+        return
+    text = json.dumps(record.files, indent=2) + "\n"
+    atomic_write(out_dir / DATA_FILE, lambda tmp: tmp.write_text(text))
+    if record.accepted:
+        print(f"{record.where}: {'; '.join(record.accepted)}; going on with the new data (data.allow_changed=true), "
+              f"noted in {out_dir / EVENTS}", flush=True)  # fmt: skip
+        event = {"event": "data_changed", "step": step, "allowed_by": "data.allow_changed=true",
+                 "changes": record.accepted, "data": record.files}  # fmt: skip
+        earlier = (out_dir / EVENTS).read_text() if (out_dir / EVENTS).exists() else ""
+        atomic_write(out_dir / EVENTS, lambda tmp: tmp.write_text(earlier + json.dumps(event) + "\n"))
+
+
 def attach_soft_labels(train: dict[str, EncodedTask], cfg: RunConfig) -> None:
     """Distillation: every training task with soft labels in cfg.train.distill_from (a directory
     written by `minbert ensemble --soft-labels`) gets the teacher's, aligned by example id."""
@@ -243,9 +317,9 @@ def start(cfg: RunConfig, out_dir: Path, model: MultitaskBert, tokenizer: WordPi
           options: TrainOptions, resume_ckpt: Checkpoint | None) -> Run:  # fmt: skip
     """The model on its device (compiled, DDP-wrapped where configured), the MLM task where a
     phase needs it, then the run's state: resumed, continued (init_from) or fresh. `data` is the
-    raw examples (for the probes) and their encoding. (7 parameters: what the recipe has built
-    so far, each once.)"""
-    raw, encoded = data
+    raw examples (for the probes), their encoding and the files' DataRecord (check_data). (7
+    parameters: what the recipe has built so far, each once.)"""
+    raw, encoded, record = data
     device = torch.device(options.device) if options.device else distributed.default_device()
     model.to(device)
     if cfg.train.compile:
@@ -258,7 +332,9 @@ def start(cfg: RunConfig, out_dir: Path, model: MultitaskBert, tokenizer: WordPi
         state = _resume(resume_ckpt, model, mlm_head, out_dir)
     else:
         state = _fresh(cfg, out_dir, model, options.init_from)
-    run = Run(cfg, out_dir, model, net, encoded, device, state, mlm_head, options, resumed_from=resume_ckpt)
+    record_data(out_dir, record, state.step)
+    run = Run(cfg, out_dir, model, net, encoded, device, state, mlm_head, options, resumed_from=resume_ckpt,
+              data_files=record.files)  # fmt: skip
     run.streams = {t: TaskStream(t, **state.streams.get(t, {})) for t in encoded["train"]}
     if any(p.eval_every_steps for p in cfg.train.phases):
         from minbert.training.probes import dev_probe
@@ -320,14 +396,15 @@ def continue_from(init_dir: Path, cfg: RunConfig, model: MultitaskBert, out_dir:
     same = {k: v for k, v in ckpt.config["train"].items() if k != "phases"} == {
         k: v for k, v in ours["train"].items() if k != "phases"
     }
+    data = [{k: v for k, v in c["data"].items() if k != "allow_changed"} for c in (ckpt.config, ours)]
     if ours["train"]["phases"][: len(done)] != done or ckpt.config["model"] != ours["model"] or not same \
-            or ckpt.config["data"] != ours["data"]:  # fmt: skip
+            or data[0] != data[1]:  # fmt: skip
         raise ValueError(f"{init_dir}: its config is not the first {len(done)} phase(s) of this one")
     model.load_state_dict(ckpt.model)
     set_rng_state(ckpt.rng)
     if (init_dir / BEST).exists():
         shutil.copyfile(init_dir / BEST, out_dir / BEST)
-    for name in LOGS:
+    for name in (*LOGS, EVENTS):
         if (init_dir / name).exists():
             shutil.copyfile(init_dir / name, out_dir / name)
     return ckpt.progress

@@ -105,7 +105,7 @@ def test_own_tasks_train_end_to_end(own_tasks, tiny_checkpoint, tmp_path, capsys
     scores = train(cfg, tmp_path / "run", TrainOptions(progress=False))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics) == {"topic", "topic_accuracy", "topic_matthews", "rating", "rating_pearson", "overall",
-                            "overall_formula"}  # fmt: skip
+                            "overall_formula", "data"}  # fmt: skip
     assert metrics["overall"] == pytest.approx(mean_primary({"topic": ("macro_f1", metrics["topic"]),
                                                              "rating": ("spearman", metrics["rating"])}), abs=1e-4)  # fmt: skip
     assert metrics["overall_formula"].startswith("mean over tasks") and scores["overall"] == metrics["overall"]
@@ -126,7 +126,7 @@ def test_own_tasks_train_end_to_end(own_tasks, tiny_checkpoint, tmp_path, capsys
     capsys.readouterr()
     assert cli_main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--no-progress"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed == {k: v for k, v in metrics.items() if k != "overall_formula"}
+    assert printed == {k: v for k, v in metrics.items() if k not in ("overall_formula", "data")}
 
 
 BAD_DECLARATIONS = [

@@ -151,8 +151,9 @@ def compare(run_dir: Path, golden_dir: Path) -> None:
         got, want = run_dir / name, golden_dir / name
         if name.endswith(".csv"):
             assert_close(read_predictions(got), read_predictions(want), name)
-        elif name == "metrics.json":
-            assert_close(json.loads(got.read_text()), json.loads(want.read_text()), name)
+        elif name == "metrics.json":  # the data files' fingerprints came after the recording
+            scores = {k: v for k, v in json.loads(got.read_text()).items() if k != "data"}
+            assert_close(scores, json.loads(want.read_text()), name)
         else:
             assert_close(without_times(got.read_text()), without_times(want.read_text()), name)
 

@@ -237,7 +237,7 @@ def test_evaluate_takes_a_run_dir_best_or_last(finished_run, small_data_dir, cap
         assert cli_main(["evaluate", "--checkpoint", str(target), f"--data.dir={small_data_dir}", "--no-progress"]) == 0
         scores.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
     metrics = json.loads((finished_run / "metrics.json").read_text())
-    assert metrics.pop("overall_formula").startswith("CS224N")
+    assert metrics.pop("overall_formula").startswith("CS224N") and "ids-sst-train.csv" in metrics.pop("data")
     assert scores[0] == scores[1] == metrics
     assert set(scores[2]) == {"sst", "para", "sts", "overall"}
 
