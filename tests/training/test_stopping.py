@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_run_state import REPO, TOTAL_STEPS, assert_same_run, minbert, run_args, run_to_end
+from test_run_state import REPO, TOTAL_STEPS, assert_same_run, minbert, reference_run, run_args, run_to_end  # noqa: F401 (a fixture)
 
 from minbert import distributed
 from minbert.config import load_config
@@ -93,21 +93,13 @@ def test_a_second_signal_ends_the_process_at_once(tmp_path):
 # A real `minbert train` process, stopped and resumed (test_run_state's config and reference)
 
 
-@pytest.fixture(scope="module")
-def cli_reference(tiny_checkpoint, small_data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference") / "run"
-    done = run_to_end("train", "--out", out, *run_args(tiny_checkpoint, small_data_dir))
-    assert done.returncode == 0, done.stderr
-    return out
-
-
 # Seeded once: two moments inside the first phase's steps and one in the second phase.
 CLI_STOPS = [(signal.SIGTERM, k) for k in random.Random(21).sample(range(3, TOTAL_STEPS - 6), 2)] + [(signal.SIGINT, 38)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, at_step", CLI_STOPS)
-def test_signal_stops_the_cli_after_a_step_and_resume_equals_uninterrupted(signum, at_step, cli_reference,
+def test_signal_stops_the_cli_after_a_step_and_resume_equals_uninterrupted(signum, at_step, reference_run,
                                                                           tiny_checkpoint, small_data_dir, tmp_path):  # fmt: skip
     out, args = tmp_path / "run", run_args(tiny_checkpoint, small_data_dir)
     proc = minbert("train", "--out", out, *args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -128,7 +120,7 @@ def test_signal_stops_the_cli_after_a_step_and_resume_equals_uninterrupted(signu
     assert resume[:2] == ["minbert", "train"] and "--resume" in resume
     done = run_to_end(*resume[1:])
     assert done.returncode == 0, done.stderr
-    assert_same_run(cli_reference, out)
+    assert_same_run(reference_run, out)
 
 
 # ---------------------------------------------------------------------------------------
