@@ -26,7 +26,7 @@ Checks (the exit status is 1 where one fails):
   by the end. Why 50 MB: once every tensor shape has been met, a server that keeps nothing per
   request stays flat but for allocator noise (a few MB); a soak of thousands of requests that kept
   even 10 KB each would pass 50 MB, and 50 MB is about a tenth of a MiniLM server's resident size.
-Printed: per kind, requests and statuses, p50/p99 latency; for valid requests, latency from the
+Printed: per kind, requests and statuses, p50/p99/max latency; for valid requests, latency from the
 first try to the answer (retries included); the server's counters and memory.
 Model: --checkpoint, a run directory (or checkpoint file, or export); by default the embedded
 all-MiniLM-L6-v2 with freshly initialised heads (serve_load.fresh_heads_run): the main job's shapes
@@ -323,9 +323,9 @@ def run(server: Server, soak: Soak, args) -> tuple[list[Outcome], dict]:
 
     def sample() -> None:
         while not stop.wait(2.0):
-            samples.append(rss_mb(server.process.pid))
+            samples.append((time.monotonic() - started, rss_mb(server.process.pid)))
 
-    start_rss = rss_mb(server.process.pid)
+    start_rss, started = rss_mb(server.process.pid), time.monotonic()
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     threads = [threading.Thread(target=soak.client, args=(k, args.seed, outcomes)) for k in range(args.clients)]
@@ -336,7 +336,8 @@ def run(server: Server, soak: Soak, args) -> tuple[list[Outcome], dict]:
     stop.set()
     time.sleep(1.0)  # answers written, sockets closed
     end_rss = rss_mb(server.process.pid)
-    return outcomes, {"start": start_rss, "end": end_rss, "peak": max([start_rss, end_rss, *samples])}
+    return outcomes, {"start": start_rss, "end": end_rss, "peak": max([start_rss, end_rss, *(m for _, m in samples)]),
+                      "samples": samples}
 
 
 def report(outcomes: list[Outcome], memory: dict, health: dict, wall_s: float, args, described: str) -> list[str]:
@@ -348,8 +349,8 @@ def report(outcomes: list[Outcome], memory: dict, health: dict, wall_s: float, a
     print(f"load: {args.clients} clients, closed loop, {wall_s:.0f} s; server `--max-concurrent {args.max_concurrent} "
           f"--header-timeout-s {args.header_timeout_s:g} --threads {args.threads}` with an API key, loopback {HOST}; "
           f"CPU: {os.cpu_count()} cores seen, shared by server and clients")  # fmt: skip
-    print("| kind | wanted | requests | statuses | p50 ms | p99 ms |")
-    print("|---|---|---|---|---|---|")
+    print("| kind | wanted | requests | statuses | p50 ms | p99 ms | max ms |")
+    print("|---|---|---|---|---|---|---|")
     failures = []
     for kind in Soak.KINDS:
         got = by_kind.get(kind, [])
@@ -357,7 +358,7 @@ def report(outcomes: list[Outcome], memory: dict, health: dict, wall_s: float, a
         latencies = sorted(o.latency_s for o in got)
         shown = ", ".join(f"{s}: {n:,}" for s, n in sorted(statuses.items()))
         print(f"| {kind} | {Soak.WANTED[kind]} | {len(got):,} | {shown} | {1000 * percentile(latencies, 50):.0f} | "
-              f"{1000 * percentile(latencies, 99):.0f} |")  # fmt: skip
+              f"{1000 * percentile(latencies, 99):.0f} | {1000 * max(latencies, default=float('nan')):.0f} |")  # fmt: skip
         wrong = {s: n for s, n in statuses.items() if s not in (Soak.WANTED[kind], "503")}
         if wrong:
             failures.append(f"{kind}: statuses {wrong} (wanted {Soak.WANTED[kind]} or 503)")
@@ -374,6 +375,8 @@ def report(outcomes: list[Outcome], memory: dict, health: dict, wall_s: float, a
     growth = memory["end"] - memory["start"]
     print(f"server memory (VmRSS): {memory['start']:.1f} MB after warm-up, {memory['end']:.1f} MB at the end "
           f"({growth:+.1f} MB), peak {memory['peak']:.1f} MB; bound: +{args.memory_bound_mb:g} MB")  # fmt: skip
+    every = max(1, len(memory["samples"]) // 8)
+    print("  over time: " + ", ".join(f"{t:.0f} s {m:.0f} MB" for t, m in memory["samples"][::every]))
     failures += [f"a valid answer differs: {p}" for p in problems[:10]]
     if not compared:
         failures.append("no valid request was answered")

@@ -18,14 +18,16 @@ Outside in, as a request meets them:
   `body_timeout_s` and be UTF-8.
 
 Every refusal here is `{"detail": "..."}` as the app's own 4xx are, and closes the connection: a
-client must not go on sending a body that nobody reads. (A body found too long as it comes is
-read to its end, within `body_timeout_s`, before the 413: a client that sends a whole body before
-reading the answer would otherwise see a reset connection instead.)
+client must not go on sending a body that nobody reads. Before it, what is left of the body is read
+and dropped, within `max_body_bytes` and `body_timeout_s` (`refuse`): a client that sends its
+whole body before it reads the answer (most do) would otherwise find the connection reset under
+it, and never see the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hmac
 import socket
@@ -35,12 +37,39 @@ import h11
 from starlette.responses import JSONResponse
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from minbert.inference.serve_limits import Limits
+
 OPEN_PATHS = frozenset({"/", "/health"})  # the page (no data in it) and the health probe need no key
 
 
 async def reject(scope, send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
     """A JSON `{"detail": detail}` answer that closes the connection."""
     await JSONResponse({"detail": detail}, status, headers={**(headers or {}), "Connection": "close"})(scope, None, send)
+
+
+async def refuse(scope, receive, send, limits: Limits, status: int, detail: str,
+                 headers: dict[str, str] | None = None) -> None:  # fmt: skip
+    """`reject`, once the request's body has been read and dropped (`drain`)."""
+    await drain(scope, receive, limits)
+    await reject(scope, send, status, detail, headers)
+
+
+async def drain(scope, receive, limits: Limits) -> None:
+    """Read what is left of a request's body and drop it: up to max_body_bytes, within
+    body_timeout_s; nothing where its Content-Length says more (that client is told at once)."""
+    declared = dict(scope["headers"]).get(b"content-length", b"0")
+    if not declared.isdigit() or int(declared) > limits.max_body_bytes:
+        return
+
+    async def read() -> None:
+        left, more = limits.max_body_bytes, True
+        while more and left >= 0:
+            message = await receive()
+            left -= len(message.get("body", b""))
+            more = message.get("more_body", False) and message["type"] != "http.disconnect"
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(read(), limits.body_timeout_s)
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,8 +159,8 @@ class ConcurrencyLimit:
     GET /health is never counted nor refused: it asks nothing of the model, and a probe should
     tell a busy server from a dead one."""
 
-    def __init__(self, app, in_flight: InFlight):
-        self.app, self.in_flight = app, in_flight
+    def __init__(self, app, in_flight: InFlight, limits: Limits):
+        self.app, self.in_flight, self.limits = app, in_flight, limits
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] == "/health":
@@ -139,9 +168,8 @@ class ConcurrencyLimit:
         counts = self.in_flight
         if counts.now >= counts.limit:
             counts.refused += 1
-            return await reject(scope, send, 503, f"the server is busy: {counts.limit} requests are in flight, its "
-                                                  "limit (--max-concurrent); try again shortly",
-                                {"Retry-After": "1"})  # fmt: skip
+            return await refuse(scope, receive, send, self.limits, 503, f"the server is busy: {counts.limit} requests "
+                                "are in flight, its limit (--max-concurrent); try again shortly", {"Retry-After": "1"})
         counts.now += 1
         try:
             await self.app(scope, receive, send)
@@ -154,8 +182,8 @@ class ApiKeyGuard:
     `hmac.compare_digest`, whose time does not depend on where the two differ. A request without
     it, or with another key, gets a 401 with a JSON reason and `WWW-Authenticate: Bearer`."""
 
-    def __init__(self, app, key: str):
-        self.app, self.key = app, key.encode("ascii")
+    def __init__(self, app, key: str, limits: Limits):
+        self.app, self.key, self.limits = app, key.encode("ascii"), limits
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
@@ -165,7 +193,7 @@ class ApiKeyGuard:
             return await self.app(scope, receive, send)
         detail = ("this server needs an API key: send the header Authorization: Bearer <key>" if given is None
                   else "the API key is wrong")  # fmt: skip
-        await reject(scope, send, 401, detail, {"WWW-Authenticate": "Bearer"})
+        await refuse(scope, receive, send, self.limits, 401, detail, {"WWW-Authenticate": "Bearer"})
 
 
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> bytes | None:
@@ -183,8 +211,9 @@ class RequestGuard:
     `timeout_s` of the request's headers (408) and be UTF-8 (400). A body that passes is handed on
     whole."""
 
-    def __init__(self, app, max_bytes: int, timeout_s: float):
-        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+    def __init__(self, app, limits: Limits):
+        self.app, self.limits = app, limits
+        self.max_bytes, self.timeout_s = limits.max_body_bytes, limits.body_timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -192,8 +221,8 @@ class RequestGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
-            return await reject(scope, send, 415, f"send the body as JSON, with Content-Type: application/json "
-                                           f"(got {media_type or 'none'!r})")  # fmt: skip
+            return await refuse(scope, receive, send, self.limits, 415, "send the body as JSON, with Content-Type: "
+                                f"application/json (got {media_type or 'none'!r})")
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await reject(scope, send, 413 if declared.isdigit() else 400, self._too_large(declared))
