@@ -42,7 +42,8 @@ def _add_serve_parser(sub) -> argparse.ArgumentParser:
     """`minbert serve`'s options: where it listens, the backend, micro-batching and request limits."""
     p_serve = sub.add_parser("serve", help="a JSON API and a web page for a trained model (FastAPI + uvicorn)")
     p_serve.add_argument("--host", default="127.0.0.1",
-                         help="address to listen on (default: 127.0.0.1, this machine only)")
+                         help="address to listen on (default: 127.0.0.1, this machine only; any address that is not "
+                         "loopback needs an API key, or --no-auth)")
     p_serve.add_argument("--port", type=int, default=8000, help="(default: 8000)")
     p_serve.add_argument("--backend", choices=BACKENDS, default="torch",
                          help="onnx: an export's ONNX graphs; int8: int8 ONNX graphs (an export's, or made "
@@ -60,6 +61,22 @@ def _add_serve_parser(sub) -> argparse.ArgumentParser:
                          help=f"characters in one text (default: {limits.max_chars})")
     p_serve.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes,
                          help=f"bytes in a request body (default: {limits.max_body_bytes})")  # fmt: skip
+    from minbert.inference.serve_limits import API_KEY_ENV, MIN_KEY_CHARS
+
+    p_serve.add_argument("--api-key", metavar="KEY", help=f"every route but / and /health wants Authorization: "
+                         f"Bearer KEY (at least {MIN_KEY_CHARS} characters). Better: the {API_KEY_ENV} environment "
+                         "variable, since a flag is visible to every user of the machine in `ps`; the flag wins")
+    p_serve.add_argument("--no-auth", action="store_true", help="serve a --host that is not loopback without an API "
+                         "key, on purpose (refused otherwise)")
+    p_serve.add_argument("--max-concurrent", type=int, metavar="N", default=limits.max_concurrent, help="requests in flight at "
+                         f"once; one more gets a 503 (default: {limits.max_concurrent})")
+    p_serve.add_argument("--header-timeout-s", type=float, metavar="S", default=limits.header_timeout_s, help="seconds a client "
+                         "has for a request's line and headers before it is disconnected (default: "
+                         f"{limits.header_timeout_s:g})")
+    p_serve.add_argument("--body-timeout-s", type=float, metavar="S", default=limits.body_timeout_s, help="seconds a client has "
+                         f"for a request's body after its headers; then a 408 (default: {limits.body_timeout_s:g})")
+    p_serve.add_argument("--keep-alive-s", type=float, metavar="S", default=limits.keep_alive_s, help="an idle connection is "
+                         f"closed after this many seconds (default: {limits.keep_alive_s:g})")  # fmt: skip
     return p_serve
 
 
@@ -219,7 +236,11 @@ def export_command(args, overrides: list[str], parser) -> int:
 
 
 def serve_command(args, overrides: list[str], parser) -> int:
+    import os
+
     import torch
+
+    from minbert.inference.serve_limits import API_KEY_ENV, Access
 
     try:
         from minbert.inference.serve import serve
@@ -227,8 +248,18 @@ def serve_command(args, overrides: list[str], parser) -> int:
         parser.error(f"{e.name} is not installed: pip install 'minbert[serve]' (FastAPI and uvicorn)")
     max_batch, wait_ms = (1, 0.0) if args.no_batching else (args.max_batch, args.batch_wait_ms)
     limits = Limits(max_batch=max_batch, batch_wait_ms=wait_ms, max_texts=args.max_texts,
-                    max_chars=args.max_chars, max_body_bytes=args.max_body_bytes)  # fmt: skip
-    serve(args.checkpoint, args.host, args.port, limits, args.backend, overrides, torch.get_num_threads())
+                    max_chars=args.max_chars, max_body_bytes=args.max_body_bytes, max_concurrent=args.max_concurrent,
+                    header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+                    keep_alive_s=args.keep_alive_s)  # fmt: skip
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    access = Access(args.host, args.port, key, args.no_auth)  # a ValueError: one line, exit 2
+    if args.api_key is not None:
+        print(f"minbert: warning: --api-key shows the key to every user of this machine in `ps`; {API_KEY_ENV} "
+              "does not", file=sys.stderr)  # fmt: skip
+    if access.exposed_without_key:
+        print(f"minbert: warning: serving {args.host}:{args.port} without an API key (--no-auth): anyone who can "
+              "reach it can use the model", file=sys.stderr)  # fmt: skip
+    serve(args.checkpoint, access, limits, args.backend, overrides, torch.get_num_threads())
     return 0
 
 

@@ -177,13 +177,16 @@ def pytest_addoption(parser):
 
 @contextlib.contextmanager
 def serving(app, timeout: float = 30.0) -> Iterator[str]:
-    """`app` under uvicorn on a free 127.0.0.1 port, in a background thread; yields its base URL
-    and stops the server (`should_exit`) on the way out."""
+    """`app` (of `create_app`) under uvicorn on a free 127.0.0.1 port, in a background thread, with
+    the settings `minbert serve` uses (`uvicorn_config`: the header deadline, the keep-alive
+    timeout); yields its base URL and stops the server (`should_exit`) on the way out."""
     import uvicorn
+
+    from minbert.inference.serve import uvicorn_config
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))  # bound here, so no other process can take the port in between
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
@@ -203,6 +206,13 @@ def request(url: str, path: str, body: Any = None, method: str | None = None, he
             timeout: float = 30.0) -> tuple[int, Any]:  # fmt: skip
     """One HTTP request to a loopback server: (status, its JSON answer, or its text where not JSON).
     `body`: bytes as they are, an iterator of bytes chunked, anything else as JSON."""
+    status, _, answer = exchange(url, path, body, method, headers, timeout)
+    return status, answer
+
+
+def exchange(url: str, path: str, body: Any = None, method: str | None = None, headers: dict | None = None,
+             timeout: float = 30.0) -> tuple[int, dict[str, str], Any]:  # fmt: skip
+    """`request`, with the answer's headers too (names in lower case): (status, headers, answer)."""
     address = urlsplit(url)
     assert address.hostname == "127.0.0.1", "the tests talk to loopback only"
     headers = dict(headers or {})
@@ -218,7 +228,8 @@ def request(url: str, path: str, body: Any = None, method: str | None = None, he
         data = response.read()
     finally:
         conn.close()
+    answer_headers = {name.lower(): value for name, value in response.getheaders()}
     try:
-        return response.status, json.loads(data)
+        return response.status, answer_headers, json.loads(data)
     except ValueError:
-        return response.status, data.decode("utf-8", "replace")
+        return response.status, answer_headers, data.decode("utf-8", "replace")

@@ -21,8 +21,11 @@ Bad requests get a 4xx with a JSON `{"detail": ...}` and the server goes on: a b
 not JSON by Content-Type (415: so another site's page cannot post a form to it either, as a
 cross-site JSON post needs a CORS grant it never gives), not UTF-8 (400), not JSON (422), or not
 the request's shape: wrong types, missing or unknown fields, an empty list, more than `max_texts` items, a text over
-`max_chars` characters (422). `create_app` builds the app from a Predictor (tests use it as it
-is); `serve` loads a checkpoint and runs uvicorn, on 127.0.0.1 unless told otherwise.
+`max_chars` characters (422). With an API key, a request without it gets a 401; beyond
+`max_concurrent` requests in flight, a 503; a body slower than `body_timeout_s`, a 408; a request
+whose headers take longer than `header_timeout_s` is disconnected (serve_guards.py).
+`create_app` builds the app from a Predictor (tests use it as it is); `serve` binds the port, then
+loads a checkpoint and runs uvicorn on it, on 127.0.0.1 unless told otherwise.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route functions' annotations, and the
@@ -45,7 +48,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from minbert.config import to_dict
 from minbert.inference.io import result_fields
 from minbert.inference.predictor import Predictions, Predictor
-from minbert.inference.serve_limits import Limits
+from minbert.inference.serve_guards import (ApiKeyGuard, ConcurrencyLimit, InFlight, RequestGuard, bind_listener,
+                                           header_timeout_protocol)
+from minbert.inference.serve_limits import Access, Limits
 from minbert.tasks.heads import SIMILARITY_SCALE
 
 PAGE = Path(__file__).parent / "static" / "index.html"
@@ -216,60 +221,6 @@ def _as_json(route: str, result: Any, truncated: bool) -> dict:
 # The app
 
 
-class RequestGuard:
-    """ASGI middleware in front of the app: a POST body must say it is JSON (415), fit in
-    `max_bytes` (413: by its Content-Length before anything is read, else counted as it
-    arrives, chunked included) and be UTF-8 (400). A body that passes is handed on whole."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type != "application/json":
-            return await _reject(scope, send, 415, f"send the body as JSON, with Content-Type: application/json "
-                                            f"(got {media_type or 'none'!r})")  # fmt: skip
-        declared = headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await _reject(scope, send, 413 if declared.isdigit() else 400, self._too_large(declared))
-        body, more = bytearray(), True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                return await _reject(scope, send, 413, self._too_large(None))
-        try:
-            bytes(body).decode("utf-8")
-        except UnicodeDecodeError as e:
-            return await _reject(scope, send, 400, f"the body is not valid UTF-8 (byte {e.start}: {e.reason})")
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()  # after the body: wait for the disconnect
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    def _too_large(self, declared: str | None) -> str:
-        if declared is not None and not declared.isdigit():
-            return f"Content-Length {declared!r} is not a number of bytes"
-        size = f"is {int(declared):,} bytes" if declared else f"went past {self.max_bytes:,} bytes as it came"
-        return f"the body {size}; at most {self.max_bytes:,} bytes are accepted (--max-body-bytes)"
-
-
-async def _reject(scope, send, status: int, detail: str) -> None:
-    await JSONResponse({"detail": detail}, status)(scope, None, send)
-
-
 def _validation_errors(exc: RequestValidationError) -> list[dict]:
     """FastAPI's errors without the inputs they quote (a long text, or one JSON cannot encode)."""
     out = []
@@ -281,16 +232,19 @@ def _validation_errors(exc: RequestValidationError) -> list[dict]:
     return out
 
 
-def create_app(predictor: Predictor, limits: Limits = DEFAULT_LIMITS) -> FastAPI:
-    """The API and page for `predictor`, with `limits`. Its batchers run while the app runs
-    (uvicorn starts and stops them through the app's lifespan)."""
+def create_app(predictor: Predictor, limits: Limits = DEFAULT_LIMITS, api_key: str | None = None) -> FastAPI:
+    """The API and page for `predictor`, with `limits`; with `api_key`, every route but the page
+    and /health wants it. Its batchers run while the app runs (uvicorn starts and stops them
+    through the app's lifespan); `uvicorn_config` gives the server settings for it."""
     batchers: dict[str, MicroBatcher] = {}
+    in_flight = InFlight(limits.max_concurrent)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minbert-predict")  # torch calls never overlap
-        batchers.update({task: MicroBatcher(task, predictor.predict, executor, limits.max_batch,
-                                            limits.batch_wait_ms / 1000) for task in predictor.tasks})  # fmt: skip
+        predict = returning_freed_memory(predictor.predict)
+        batchers.update({task: MicroBatcher(task, predict, executor, limits.max_batch, limits.batch_wait_ms / 1000)
+                         for task in predictor.tasks})  # fmt: skip
         workers = [asyncio.create_task(b.run(), name=f"batcher-{t}") for t, b in batchers.items()]
         try:
             yield
@@ -301,9 +255,13 @@ def create_app(predictor: Predictor, limits: Limits = DEFAULT_LIMITS) -> FastAPI
             executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="minbert", version="1", lifespan=lifespan,
-                  description=f"The tasks {', '.join(predictor.tasks)} from one fine-tuned BERT. "
-                              f"Model: {predictor.source or 'in memory'}.")  # fmt: skip
-    app.add_middleware(RequestGuard, max_bytes=limits.max_body_bytes)
+                  description=f"The tasks {', '.join(predictor.tasks)} from one fine-tuned BERT "
+                              "(GET /v1/model describes it).")  # fmt: skip
+    app.state.limits = limits
+    app.add_middleware(RequestGuard, limits=limits)
+    if api_key is not None:
+        app.add_middleware(ApiKeyGuard, key=api_key, limits=limits)
+    app.add_middleware(ConcurrencyLimit, in_flight=in_flight, limits=limits)  # added last: the outermost
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -324,9 +282,9 @@ def create_app(predictor: Predictor, limits: Limits = DEFAULT_LIMITS) -> FastAPI
 
     add_task_routes(app, predictor, limits, answer)
 
-    @app.get("/health", summary="Up, with request and forward counts per task")
+    @app.get("/health", summary="Up, with request and forward counts per task, and requests in flight")
     async def health() -> dict:
-        return {"status": "ok", "tasks": {t: b.stats() for t, b in batchers.items()}}
+        return {"status": "ok", "tasks": {t: b.stats() for t, b in batchers.items()}, **in_flight.stats()}
 
     @app.get("/v1/model", summary="The checkpoint, its run config and dev scores, the tasks and the limits")
     async def model() -> dict:
@@ -339,6 +297,38 @@ def create_app(predictor: Predictor, limits: Limits = DEFAULT_LIMITS) -> FastAPI
         return page
 
     return app
+
+
+def returning_freed_memory(predict: Callable[[str, list], Predictions]) -> Callable[[str, list], Predictions]:
+    """`predict`, then glibc's malloc_trim(0): the memory freed by the forward goes back to the system.
+
+    Without it the server's resident memory grew with the shapes it met: glibc raises its mmap
+    threshold at the first large frees, so later tensors come from the heap, whose freed pages it
+    keeps. Batches of ever-changing sizes and lengths then grew a MiniLM server from 428 MB to 891
+    MB in 90 s of benchmarks/serve_soak.py (valid requests only), with no object kept; with the trim
+    it stays within a few MB (docs/RESULTS.md). Where the C library is not glibc, `predict` as it is."""
+    trim = _malloc_trim()
+    if trim is None:
+        return predict
+
+    def predict_and_trim(task: str, inputs: list) -> Predictions:
+        try:
+            return predict(task, inputs)
+        finally:
+            trim(0)
+
+    return predict_and_trim
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc's, in this process's C library
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
 
 
 def known_task(predictor: Predictor, task: str):
@@ -406,19 +396,36 @@ def describe(predictor: Predictor, limits: Limits) -> dict:
     }
 
 
-def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: Limits = DEFAULT_LIMITS,
-          backend: str = "torch", overrides: list[str] = (), threads: int | None = None) -> None:  # fmt: skip
-    """Load `checkpoint` (a run directory, checkpoint file or export) and serve it until Ctrl-C.
-    `threads`: torch's intra-op threads (default: torch's choice; the CLI passes the cores this
-    process may use, or --threads).
-    (7 parameters: `minbert serve`'s options, one each, all but the checkpoint with defaults.)"""
+def uvicorn_config(app: FastAPI) -> "uvicorn.Config":
+    """uvicorn's settings for an app of `create_app`, from its limits: the h11 protocol with the
+    header deadline, the keep-alive timeout; no WebSocket, warnings only in the log."""
+    import uvicorn
+
+    limits: Limits = app.state.limits
+    return uvicorn.Config(app, http=header_timeout_protocol(limits.header_timeout_s), ws="none",
+                          timeout_keep_alive=limits.keep_alive_s, log_level="warning")  # fmt: skip
+
+
+def serve(checkpoint: str | Path, access: Access = Access(), limits: Limits = DEFAULT_LIMITS, backend: str = "torch",
+          overrides: list[str] = (), threads: int | None = None) -> None:  # fmt: skip
+    """Bind `access`'s address, then load `checkpoint` (a run directory, checkpoint file or export)
+    and serve it there until Ctrl-C. The port is taken first, so that a taken one fails in a
+    moment rather than after the model has loaded. `threads`: torch's intra-op threads (default:
+    torch's choice; the CLI passes the cores this process may use, or --threads)."""
     import torch
     import uvicorn
 
-    if threads:
-        torch.set_num_threads(threads)  # the forwards' thread sees it too
-    predictor = Predictor.load(checkpoint, backend, overrides=list(overrides))
-    print(f"minbert: serving {predictor!r} on http://{host}:{port}/ (API docs at /docs); batches of up to "
-          f"{limits.max_batch} inputs, {limits.batch_wait_ms:g} ms wait; {torch.get_num_threads()} torch threads",
-          flush=True)  # fmt: skip
-    uvicorn.run(create_app(predictor, limits), host=host, port=port, log_level="warning")
+    sock = bind_listener(access.host, access.port)
+    try:
+        if threads:
+            torch.set_num_threads(threads)  # the forwards' thread sees it too
+        predictor = Predictor.load(checkpoint, backend, overrides=list(overrides))
+        auth = "API key required (Authorization: Bearer)" if access.api_key else "no API key"
+        print(f"minbert: serving {predictor!r} on http://{access.host}:{sock.getsockname()[1]}/ (API docs at /docs; "
+              f"{auth}); batches of up to {limits.max_batch} inputs, {limits.batch_wait_ms:g} ms wait; at most "
+              f"{limits.max_concurrent} requests in flight; {torch.get_num_threads()} torch threads",
+              flush=True)  # fmt: skip
+        app = create_app(predictor, limits, access.api_key)
+        uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
+    finally:
+        sock.close()

@@ -3,7 +3,7 @@
 sentence, submits, reads the five rendered percentages and compares them with the Predictor's,
 then the same with two sentences (and sees the reason of a refused request); on a phone-width
 screen (390 px, no sideways scrolling) and a desktop one, with a screenshot of each in the
-test's directory.
+test's directory. Served with an API key, the page asks for it once (a wrong one again).
 
     python -m pytest -q tests/inference/test_serve_page.py --serve-checkpoint /work/runs/main --screenshots-to docs/pictures
 
@@ -97,10 +97,13 @@ def shoot(driver, request, tmp_path: Path, name: str) -> Path:
 
 
 def test_the_page_shows_the_predictors_answers_on_a_phone_and_a_desktop(browser, predictor, request, tmp_path):
+    from selenium.webdriver.common.by import By
+
     with serving(create_app(predictor, Limits(max_chars=200))) as url:
         screen(browser, 390, 844, mobile=True)
         browser.get(url + "/")
         assert browser.title == "minbert"
+        assert not browser.find_element(By.ID, "key-form").is_displayed()  # no key wanted: none asked for
 
         with pytest.raises(AssertionError, match="at most 200 characters"):  # a refused request: its reason shows
             submit_and_wait(browser, {"sentence": "x" * 201}, "sentiment-submit", "sentiment-result")
@@ -153,3 +156,43 @@ def test_the_page_asks_any_task_of_the_model(browser, four_task_run, tmp_path, r
         (score,) = four.similarity([PAIR])
         assert text_of(browser, "task-verdict").startswith(f"score {score:.3f}")
         shoot(browser, request, tmp_path, "serve-any-task.png")
+
+
+KEY = "page-test-key-0123456789"
+
+
+def test_the_page_asks_for_the_api_key_once_and_sends_it(browser, predictor, request, tmp_path):
+    """Served with a key: the page shows the key field (GET /v1/model said 401) and no model; a wrong
+    key is refused and asked for again; the right one fills the page, is sent with each question,
+    and is not asked for again on a reload (sessionStorage, this tab only)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def give_key(key: str) -> None:
+        form = browser.find_element(By.ID, "key-form")
+        WebDriverWait(browser, WAIT_S).until(lambda d: form.is_displayed())
+        browser.find_element(By.ID, "api-key").send_keys(key)
+        browser.find_element(By.ID, "key-submit").click()
+
+    with serving(create_app(predictor, Limits(), api_key=KEY)) as url:
+        screen(browser, 390, 844, mobile=True)
+        browser.get(url + "/")
+        give_key("not-the-key-0123456789")
+        WebDriverWait(browser, WAIT_S).until(lambda d: "wrong" in text_of(d, "key-error"))
+        assert text_of(browser, "key-error") == "401: the API key is wrong"
+        assert text_of(browser, "model-info") == "Model: give the API key to see it"
+        shoot(browser, request, tmp_path, "serve-key.png")
+        give_key(KEY)
+        WebDriverWait(browser, WAIT_S).until(lambda d: str(predictor.source) in text_of(d, "model-info"))
+        assert not browser.find_element(By.ID, "key-form").is_displayed()
+        submit_and_wait(browser, {"sentence": SENTENCE}, "sentiment-submit", "sentiment-result")
+        (expected,) = predictor.sentiment([SENTENCE])
+        assert [text_of(browser, f"sst-p-{k}") for k in range(5)] == [f"{100 * p:.1f}%" for p in expected.probabilities]
+
+        browser.refresh()  # asked once: the tab keeps the key
+        WebDriverWait(browser, WAIT_S).until(lambda d: str(predictor.source) in text_of(d, "model-info"))
+        assert not browser.find_element(By.ID, "key-form").is_displayed()
+        submit_and_wait(browser, {"pair-a": PAIR[0], "pair-b": PAIR[1]}, "pair-submit", "pair-result")
+        (score,) = predictor.similarity([PAIR])
+        assert text_of(browser, "sts-score") == f"{score:.2f}"
+        shoot(browser, request, tmp_path, "serve-key-done.png")
