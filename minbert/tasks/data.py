@@ -265,6 +265,11 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Ten
     return ids, mask
 
 
+def has_padding(seqs: Sequence[Sequence[int]]) -> bool:
+    """Whether `pad_batch` pads any of these sequences (they are not all of one length)."""
+    return len({len(s) for s in seqs}) > 1
+
+
 def length_bucketed_batches(
     lengths: Sequence[int], batch_size: int, rng: random.Random, bucket_batches: int = 50
 ) -> list[list[int]]:
