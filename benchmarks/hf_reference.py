@@ -97,13 +97,18 @@ def train_step(model, tokenizer, optimizer, task: str, examples: list[Example], 
     """Tokenise, forward, loss, backward, step. Returns (attention masks of the forwards,
     tokenizer seconds)."""
     sides, tok_seconds = tokenize(tokenizer, examples, device)
-    labels = torch.tensor([e.label for e in examples], dtype=TASKS[task].label_dtype, device=device)
+    train_on(model, optimizer, task, sides, [e.label for e in examples], device)
+    return [side["attention_mask"] for side in sides], tok_seconds
+
+
+def train_on(model, optimizer, task: str, sides: list[dict[str, torch.Tensor]], labels: list, device: str) -> None:
+    """Forward, loss, backward, step on a batch already tokenised (`sides`: one per text column)."""
+    targets = torch.tensor(labels, dtype=TASKS[task].label_dtype, device=device)
     with autocast(device):
-        loss = TASKS[task].loss(model(task, sides), labels)
+        loss = TASKS[task].loss(model(task, sides), targets)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad()
-    return [side["attention_mask"] for side in sides], tok_seconds
 
 
 @torch.no_grad()

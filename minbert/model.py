@@ -248,16 +248,19 @@ class BertModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`attention_mask` (1 at tokens, 0 at padding) is applied whenever given: a caller with
+        a batch without padding passes None, which lets SDPA pick its fastest kernel. The caller
+        knows from its sequence lengths, on the host; finding out here would read the mask back
+        from the device and make the host wait for it at every forward."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        # A (B, 1, 1, T) boolean mask broadcasts over heads and query positions. A batch
-        # without padding needs none, which lets SDPA pick its fastest kernel. An exported ONNX
-        # graph always applies it, since it must serve padded batches too, in BERT's additive
-        # form (0 to attend, the float minimum at padding, added to the attention scores).
+        # A (B, 1, 1, T) boolean mask broadcasts over heads and query positions. An exported
+        # ONNX graph, which must serve padded batches too, takes it in BERT's additive form (0
+        # to attend, the float minimum at padding, added to the attention scores).
         attn_mask = None
         if attention_mask is not None and torch.onnx.is_in_onnx_export():
             attn_mask = (1.0 - attention_mask.unsqueeze(1).unsqueeze(2).float()) * torch.finfo(torch.float32).min
-        elif attention_mask is not None and not bool(attention_mask.all()):
+        elif attention_mask is not None:
             attn_mask = attention_mask.bool()[:, None, None, :]
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         x = self.encoder(x, attn_mask)  # (B, T, H)

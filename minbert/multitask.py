@@ -45,7 +45,7 @@ class MultitaskBert(nn.Module):
 
     def embed(self, batch: Batch) -> torch.Tensor:
         """One vector per input sequence: (N, H)."""
-        hidden, pooled = self.bert(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        hidden, pooled = self.bert(batch.input_ids, batch.encoder_mask, batch.token_type_ids)
         return pooled if self.cfg.pooling == "cls" else mean_pool(hidden, batch.attention_mask)
 
     @staticmethod

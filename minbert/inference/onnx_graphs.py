@@ -64,7 +64,7 @@ class TaskGraph(nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         def vectors(ids, mask, types=None):  # (B, H): the model's own pooling
-            return self.model.embed(Batch(ids, mask, types, False, None, []))
+            return self.model.embed(Batch(ids, mask, types, False, None, [], padded=True))  # graphs serve padding
 
         head = self.model.heads[self.task]
         if self.kind == "siamese":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import random
 from dataclasses import dataclass
@@ -257,14 +258,19 @@ def _parse_row(row: list[str], header: list[str], col: dict[str, int], schema: R
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the batch's longest sequence: (input_ids (B, T), attention_mask (B, T))."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
+    """Right-pad to the batch's longest sequence: (input_ids (B, T), attention_mask (B, T)).
+    Whole tensors, not row by row: the mask from the lengths, then every token written into its
+    place in one copy: 8 operators for any batch, where writing row by row took 7 a row."""
+    lengths = [len(s) for s in seqs]
+    mask = torch.arange(max(lengths)) < torch.tensor(lengths)[:, None]  # (B, T)
+    ids = torch.full(mask.shape, pad_id, dtype=torch.long)
+    ids[mask] = torch.tensor(list(itertools.chain.from_iterable(seqs)), dtype=torch.long)  # row-major, as the mask
+    return ids, mask.long()
+
+
+def has_padding(seqs: Sequence[Sequence[int]]) -> bool:
+    """Whether `pad_batch` pads any of these sequences (they are not all of one length)."""
+    return len({len(s) for s in seqs}) > 1
 
 
 def length_bucketed_batches(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minbert.tasks.data import Example, pad_batch
+from minbert.tasks.data import Example, has_padding, pad_batch
 from minbert.tasks.spec import TaskSpec
 from minbert.tokenizer import WordPieceTokenizer
 
@@ -24,6 +24,12 @@ class Batch:
     siamese: bool
     labels: torch.Tensor | None  # (B,) or (B, ...) when labelled
     indices: list[int]  # positions of the examples in their EncodedTask
+    padded: bool = True  # some sequence is shorter than T (known on the host, from the lengths)
+
+    @property
+    def encoder_mask(self) -> torch.Tensor | None:
+        """The attention mask the encoder needs: None for a batch without padding."""
+        return self.attention_mask if self.padded else None
 
     def to(self, device: torch.device | str) -> "Batch":
         pin = torch.device(device).type == "cuda"  # pinned host memory: asynchronous copies
@@ -34,7 +40,7 @@ class Batch:
             return (t.pin_memory() if pin else t).to(device, non_blocking=True)
 
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.token_type_ids),
-                     self.siamese, move(self.labels), self.indices)  # fmt: skip
+                     self.siamese, move(self.labels), self.indices, self.padded)  # fmt: skip
 
 
 class EncodedTask:
@@ -92,8 +98,9 @@ class EncodedTask:
 
     def side_batch(self, side: int, indices: list[int]) -> Batch:
         """One side of the pairs alone (or the sentences / cross-encoded pairs), unlabelled."""
-        input_ids, mask = pad_batch([self.sides[side][i] for i in indices], self.pad_id)
-        return Batch(input_ids, mask, self._token_types(indices), False, None, indices)
+        seqs = [self.sides[side][i] for i in indices]
+        input_ids, mask = pad_batch(seqs, self.pad_id)
+        return Batch(input_ids, mask, self._token_types(indices), False, None, indices, has_padding(seqs))
 
     def batch(self, indices: list[int], swap: list[bool] | None = None) -> Batch:
         """The examples at `indices`, padded; `swap` (cross-encoded pairs): which pairs to encode
@@ -107,4 +114,4 @@ class EncodedTask:
         input_ids, mask = pad_batch(seqs, self.pad_id)
         token_type_ids = self._token_types(indices, swap)
         labels = self.labels[indices] if self.labels is not None else None
-        return Batch(input_ids, mask, token_type_ids, self.siamese, labels, indices)
+        return Batch(input_ids, mask, token_type_ids, self.siamese, labels, indices, has_padding(seqs))

@@ -83,12 +83,14 @@ class MaskedLMTask:
         return len(self.seqs)
 
     def loss(self, bert: BertModel, indices: list[int], device) -> torch.Tensor:
-        from minbert.tasks.data import pad_batch
+        from minbert.tasks.data import has_padding, pad_batch
 
-        ids, mask = pad_batch([self.seqs[i] for i in indices], self.pad_id)
+        seqs = [self.seqs[i] for i in indices]
+        ids, mask = pad_batch(seqs, self.pad_id)
         # [CLS] is first and [SEP] last in every sequence; padding is masked out too.
         maskable = mask.bool().clone()
         maskable[:, 0] = False
         maskable[torch.arange(len(indices)), mask.sum(1) - 1] = False
         inputs, labels = mask_tokens(ids, maskable, self.mask_id, bert.config.vocab_size)
-        return mlm_loss(bert, self.head.to(device), inputs.to(device), mask.to(device), labels.to(device))
+        encoder_mask = mask.to(device) if has_padding(seqs) else None  # decided on the host
+        return mlm_loss(bert, self.head.to(device), inputs.to(device), encoder_mask, labels.to(device))
