@@ -10,6 +10,8 @@ zero there; with CUDA available the same steps run again on the GPU, where it is
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -33,7 +35,7 @@ PAIRS = {
 }  # fmt: skip
 
 
-def ready_run(tiny_checkpoint, small_data_dir, extra: list[str], device: str) -> Run:
+def ready_run(tiny_checkpoint, small_data_dir, extra: list[str], device: str, out_dir: Path) -> Run:
     """A run at its first step as run_phase leaves it: model, data, streams, optimizer, schedule.
     Random batches (bucket_batches=1) of 16 from 48 rows: padded."""
     cfg = load_config(None, [
@@ -43,7 +45,7 @@ def ready_run(tiny_checkpoint, small_data_dir, extra: list[str], device: str) ->
     model, tokenizer = build_model(cfg)
     train = encode_all(read_all(cfg, {"train": TASKS}), tokenizer, cfg)["train"]
     run = Run.bare(cfg, model.to(device).train(), train)
-    run.device = torch.device(device)
+    run.device, run.out_dir = torch.device(device), out_dir  # steps.jsonl goes there
     run.streams = {t: TaskStream(t) for t in TASKS}
     phase = cfg.train.phases[0]
     run.optimizer = make_optimizer(model, phase, cfg.train.fused_adamw)
@@ -68,8 +70,8 @@ def batch_masks(monkeypatch) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("pairs", sorted(PAIRS))
-def test_a_training_step_does_not_sync(pairs, device, tiny_checkpoint, small_data_dir, batch_masks):
-    run = ready_run(tiny_checkpoint, small_data_dir, PAIRS[pairs], device)
+def test_a_training_step_does_not_sync(pairs, device, tiny_checkpoint, small_data_dir, batch_masks, tmp_path):
+    run = ready_run(tiny_checkpoint, small_data_dir, PAIRS[pairs], device, tmp_path)
     phase, log = run.cfg.train.phases[0], StepLog(run)
     for task in TASKS:  # warm-up: optimizer state, first-use caches
         train_step(run, phase, task, log)
