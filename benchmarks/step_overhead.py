@@ -28,6 +28,10 @@ Targets (issue 22; reported, not asserted): zero syncs per step; minbert's ms/st
 the reference's; its operators per step at most the reference's.
 Run (from the repository root):
     python benchmarks/step_overhead.py [--rounds 30] [--block 10] [--batch-size 32] [--data-dir DIR]
+                                       [--lever KEY=VALUE ...]
+--lever adds a third side, minbert with those config overrides (e.g. train.prefetch=true), timed
+and counted in the same rounds; its operators are those of the training thread (a prefetching
+worker thread's batch building is not counted).
 Exit status non-zero on errors only.
 """
 
@@ -50,7 +54,8 @@ from minbert.checkpoint import default_checkpoint_dir, resolve_checkpoint_dir
 from minbert.model import BertConfig
 from minbert.runs import build_model, encode_all, read_all
 from minbert.training.logs import StepLog
-from minbert.training.loop import lr_lambda, make_optimizer, run_epoch, train_step
+from minbert.config import load_config, to_dict
+from minbert.training.loop import lr_lambda, make_optimizer, make_prefetcher, run_epoch, train_step
 from minbert.training.op_count import OpCount
 from minbert.tokenizer import WordPieceTokenizer
 from minbert.training.state import Run, TaskStream, set_seed
@@ -77,9 +82,8 @@ def schedule(steps: int) -> list[str]:
 class Minbert:
     """minbert's loop: `block(n)` runs an epoch of n round-robin steps through run_epoch."""
 
-    name = "minbert"
-
-    def __init__(self, cfg, train: dict, bert_config: dict, out_dir: Path):
+    def __init__(self, cfg, train: dict, bert_config: dict, out_dir: Path, name: str = "minbert"):
+        self.name = name
         self.model, tokenizer = build_model(cfg, bert_config)
         self.model.train()
         data = encode_all({"train": train}, tokenizer, cfg)["train"]
@@ -98,9 +102,13 @@ class Minbert:
     def counted(self, n: int) -> tuple[OpCount, OpCount]:
         """n steps between two log points, then the log flush, each counted."""
         log = StepLog(self.run)
+        self.run.progress.step_in_epoch = 0
+        prefetch = make_prefetcher(self.run, self.phase, schedule(n), 0)  # None unless train.prefetch
         with OpCount() as steps:
             for task in schedule(n):
-                train_step(self.run, self.phase, task, log)
+                train_step(self.run, self.phase, task, log, prefetch)
+        if prefetch is not None:
+            prefetch.close()
         with OpCount() as flush:
             log.flush()
         return steps, flush
@@ -176,6 +184,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="timed blocks per side (default 30)")
     parser.add_argument("--block", type=int, default=10, help="steps per block (default 10)")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per step (default 32)")
+    parser.add_argument("--lever", action="append", default=[], metavar="KEY=VALUE",
+                        help="a third side: minbert with these config overrides (repeatable)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     load_before = os.getloadavg()[0]
@@ -189,6 +199,9 @@ def main() -> None:
     bert_config = {**asdict(BertConfig()), **TINY, "vocab_size": tokenizer.vocab_size}
     with tempfile.TemporaryDirectory() as out_dir:
         sides = [Minbert(cfg, train, bert_config, Path(out_dir)), Reference(cfg, train, args.batch_size, cfg.train.seed)]
+        if args.lever:
+            set_seed(cfg.train.seed)
+            sides.append(Minbert(load_config(None, args.lever, base=to_dict(cfg)), train, bert_config, Path(out_dir), name="lever"))
         for side in sides:
             side.block(args.block)  # warm-up
         times: dict[str, list[float]] = {s.name: [] for s in sides}
@@ -198,6 +211,8 @@ def main() -> None:
         counts = {s.name: s.counted(COUNTED) for s in sides}
         matmuls = {s.name: matmul_ms(s, args.block) for s in sides}
         tok_ms = sides[1].tokenizer_ms(args.block)
+    if args.lever:
+        print(f"lever: minbert with {' '.join(args.lever)}")
     print(f"{cpu_name()}; 1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     report(args, train, times, counts, matmuls, tok_ms)
 
@@ -229,6 +244,11 @@ def report(args, train: dict, times: dict, counts: dict, matmuls: dict, tok_ms: 
             print(f"  {name} {site}: {k / n:.2f}/step")
     print(f"ms/step ratio minbert/reference: {statistics.median(round_ratios):.2f} (median of the rounds' ratios, "
           f"{min(round_ratios):.2f}-{max(round_ratios):.2f}; ratio of the medians {ms_ratio:.2f}); target <= 0.5")  # fmt: skip
+    if "lever" in times:
+        lever_ratios = [a / b for a, b in zip(times["lever"], times["minbert"])]
+        ref_ratios = [a / b for a, b in zip(times["lever"], times["reference"])]
+        print(f"ms/step ratio lever/minbert: {statistics.median(lever_ratios):.2f} ({min(lever_ratios):.2f}-"
+              f"{max(lever_ratios):.2f}); lever/reference: {statistics.median(ref_ratios):.2f}")  # fmt: skip
     print(f"rest (ms/step less matmul kernels) ratio: {rest['minbert'] / rest['reference']:.2f}")
     print(f"ATen ops/step ratio: {mine.total / ref.total:.2f}; target <= 1")
     print(f"syncs/step minbert: {mine.syncs / n:.2f}; target 0")

@@ -105,6 +105,9 @@ class TrainConfig:
     sts_loss: str = "mse"  # "mse", "cosent" (Su 2022) or "mse+cosent"
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16"
     compile: bool = False  # torch.compile the encoder (dynamic shapes: batches vary in length)
+    # Build (on a GPU: copy, from pinned memory) the next step's batch in a worker thread while
+    # the current step runs; the same batches and results as without (training/prefetch.py).
+    prefetch: bool = False
     # last.safetensors is written at each epoch's end and, within epochs, every N steps and/or
     # every M minutes (None turns either off): a crash loses minutes, not an epoch.
     checkpoint_every_steps: int | None = None

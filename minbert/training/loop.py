@@ -19,7 +19,9 @@ from minbert.config import PhaseConfig
 from minbert.multitask import MultitaskBert
 from minbert.runs import evaluate_dev
 from minbert.tasks.losses import disagreement, distill_loss, task_loss
+from minbert.tasks.encoding import Batch
 from minbert.training.logs import StepLog, append_record, print_epoch
+from minbert.training.prefetch import Prefetcher
 from minbert.training.probes import keep_if_best, probe
 from minbert.training.samplers import epoch_schedule
 from minbert.training.state import Run
@@ -153,12 +155,13 @@ def run_epoch(run: Run, phase: PhaseConfig, schedule: list[str], desc: str) -> d
     start = state.step_in_epoch
     steps = tqdm(schedule[start:], desc=desc, disable=not (run.show_bars and run.main), leave=False,
                  mininterval=2.0, initial=start, total=len(schedule))  # fmt: skip
+    prefetch = make_prefetcher(run, phase, schedule, start)
     try:
         if state.probe_due:  # stopped in this probe: it is run again before the next step
             probe(run, phase)
         for task in steps:
             with stopper.hold():
-                train_step(run, phase, task, log)
+                train_step(run, phase, task, log, prefetch)
             every = phase.eval_every_steps
             if every and phase.mode == "finetune" and state.step_in_epoch % every == 0 and state.step_in_epoch < len(schedule):
                 probe(run, phase)  # the epoch's end is evaluated on the full dev sets anyway
@@ -172,20 +175,42 @@ def run_epoch(run: Run, phase: PhaseConfig, schedule: list[str], desc: str) -> d
     except StopRequested:
         log.flush()  # the steps done are logged before last.safetensors records the logs' sizes
         raise
+    finally:
+        if prefetch is not None:
+            prefetch.close()
     log.flush()
     return {t: round(state.loss_sums[t] / state.loss_counts[t], 5) for t in sorted(state.loss_sums)}
 
 
-def train_step(run: Run, phase: PhaseConfig, task: str, log: StepLog) -> None:
+def draw(run: Run, stream, task: str) -> list[int]:
+    """The next global batch of `task` from its stream (every rank draws the same)."""
+    cfg = run.cfg
+    return stream.next_indices(run.data["train"][task], cfg.train.batch_size, cfg.train.seed, cfg.train.bucket_batches)
+
+
+def make_prefetcher(run: Run, phase: PhaseConfig, schedule: list[str], start: int) -> Prefetcher | None:
+    """With train.prefetch, a Prefetcher for this epoch's steps from `start`, already building
+    the first one's batch; None where batches are not token batches (MLM, cached vectors)."""
+    if not run.cfg.train.prefetch or phase.mode == "mlm" or run.features is not None:
+        return None
+    prefetch = Prefetcher(run.streams, schedule, start, lambda stream, task: distributed.local_share(draw(run, stream, task))[0],
+                          lambda task, indices, step: step_batch(run, task, indices, phase, step), run.device)  # fmt: skip
+    prefetch.ahead(run.progress.step)
+    return prefetch
+
+
+def train_step(run: Run, phase: PhaseConfig, task: str, log: StepLog, prefetch: Prefetcher | None = None) -> None:
     """One optimizer step on the next global batch of `task` (this rank's slice of it), counted
-    and logged."""
+    and logged; its batch from `prefetch` when that built it ahead, which then starts the next."""
     state, cfg = run.progress, run.cfg
     # Every rank draws the same global batch and trains on its own slice of it.
-    indices = run.streams[task].next_indices(run.data["train"][task], cfg.train.batch_size, cfg.train.seed,
-                                             cfg.train.bucket_batches)  # fmt: skip
-    mine, weight = distributed.local_share(indices)
+    mine, weight = distributed.local_share(draw(run, run.streams[task], task))
+    batch = None
+    if prefetch is not None:
+        batch = prefetch.take(state.step, task, mine)
+        prefetch.ahead(state.step + 1)
     with distributed.autocast(run.device, cfg.train.precision):
-        loss = step_loss(run, task, mine, phase) * weight
+        loss = step_loss(run, task, mine, phase, batch) * weight
     if loss.requires_grad:  # a parameter-free head on a frozen encoder has nothing to learn
         loss.backward()
         run.optimizer.step()
@@ -197,12 +222,30 @@ def train_step(run: Run, phase: PhaseConfig, task: str, log: StepLog) -> None:
     log.add(state.step, task, loss.detach(), lr)
 
 
-def step_loss(run: Run, task: str, indices: list[int], phase: PhaseConfig) -> torch.Tensor:
+def uses_rdrop(run: Run, task: str, phase: PhaseConfig) -> bool:
+    cfg = run.cfg
+    return cfg.train.rdrop > 0 and task in cfg.train.rdrop_tasks and phase.mode != "frozen"
+
+
+def step_batch(run: Run, task: str, indices: list[int], phase: PhaseConfig, step: int) -> Batch:
+    """The token batch of `task`'s examples at `indices` for step `step`, on the device: each
+    cross-encoded pair swapped by its coin where configured, the batch doubled for R-Drop. Reads
+    no tensor: a prefetcher may build it ahead, in another thread."""
+    cfg, data = run.cfg, run.data["train"][task]
+    swap = None
+    if cfg.train.swap_pairs and data.cross:  # a coin per (step, example): the same on every DDP rank
+        swap = [random.Random(f"{cfg.train.seed}/swap/{step}/{i}").random() < 0.5 for i in indices]
+    rdrop = uses_rdrop(run, task, phase)
+    rows = indices + indices if rdrop else indices  # R-Drop: the batch twice, two dropout masks
+    return data.batch(rows, swap + swap if rdrop and swap else swap).to(run.device)
+
+
+def step_loss(run: Run, task: str, indices: list[int], phase: PhaseConfig, batch: Batch | None = None) -> torch.Tensor:
     """The loss of one batch of `task` at the run's current step: MLM, heads on cached vectors,
     heads on a frozen encoder, or all; with the task's loss weight, R-Drop, swapped pairs and
-    distillation where configured. Goes through `run.net`: the model, or its DDP wrapper (MLM
-    runs in one process only)."""
-    net, cfg, device, data, step = run.net, run.cfg, run.device, run.data["train"][task], run.progress.step
+    distillation where configured; `batch`: the step's token batch when built ahead. Goes
+    through `run.net`: the model, or its DDP wrapper (MLM runs in one process only)."""
+    net, cfg, device, data = run.net, run.cfg, run.device, run.data["train"][task]
     if task == "mlm":
         return data.loss(run.model.bert, indices, device)
     spec, weight = data.spec, cfg.train.loss_weights.get(task, 1.0)
@@ -210,17 +253,13 @@ def step_loss(run: Run, task: str, indices: list[int], phase: PhaseConfig) -> to
     if run.features is not None:
         output = net(head, features=run.features.train(task, indices))
         return task_loss(spec, output.float(), data.labels[indices].to(device), cfg.train.sts_loss) * weight
-    swap = None
-    if cfg.train.swap_pairs and data.cross:  # a coin per (step, example): the same on every DDP rank
-        swap = [random.Random(f"{cfg.train.seed}/swap/{step}/{i}").random() < 0.5 for i in indices]
-    rdrop = cfg.train.rdrop > 0 and task in cfg.train.rdrop_tasks and phase.mode != "frozen"
-    rows = indices + indices if rdrop else indices  # R-Drop: the batch twice, two dropout masks
-    batch = data.batch(rows, swap + swap if rdrop and swap else swap).to(device)
+    if batch is None:
+        batch = step_batch(run, task, indices, phase, run.progress.step)
     output = net(head, batch, frozen_encoder=phase.mode == "frozen").float()
     loss = task_loss(spec, output, batch.labels, cfg.train.sts_loss)
     if data.soft is not None:
         w = cfg.train.distill_weight
-        loss = (1 - w) * loss + w * distill_loss(spec.kind, output, data.soft[rows].to(device))
-    if rdrop:
+        loss = (1 - w) * loss + w * distill_loss(spec.kind, output, data.soft[batch.indices].to(device))
+    if uses_rdrop(run, task, phase):
         loss = loss + cfg.train.rdrop * disagreement(spec.kind, *output.chunk(2))
     return loss * weight

@@ -54,12 +54,18 @@ def mask_tokens(
     return corrupted, labels
 
 
-def mlm_loss(bert: BertModel, head: MaskedLMHead, input_ids, attention_mask, labels) -> torch.Tensor:
+def mlm_loss(bert: BertModel, head: MaskedLMHead, input_ids, attention_mask, labels: torch.Tensor) -> torch.Tensor:
+    """The loss at the chosen positions. `labels` is on the host, where the masking was drawn:
+    which positions to predict is known there, so picking them makes the host wait for nothing
+    (a boolean index on the device would: its size is read back)."""
     hidden, _ = bert(input_ids, attention_mask)
-    picked = labels != IGNORE  # vocabulary logits only where a prediction is asked: (N, vocab)
-    if not bool(picked.any()):
+    picked = (labels.view(-1) != IGNORE).nonzero().squeeze(1)  # on the host
+    if len(picked) == 0:
         return hidden.sum() * 0.0
-    return F.cross_entropy(head(hidden[picked]), labels[picked])
+    device = hidden.device
+    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, picked.to(device, non_blocking=True))
+    # vocabulary logits only where a prediction is asked: (N, vocab)
+    return F.cross_entropy(head(hidden), labels.view(-1)[picked].to(device, non_blocking=True))
 
 
 class MaskedLMTask:
@@ -93,4 +99,4 @@ class MaskedLMTask:
         maskable[torch.arange(len(indices)), mask.sum(1) - 1] = False
         inputs, labels = mask_tokens(ids, maskable, self.mask_id, bert.config.vocab_size)
         encoder_mask = mask.to(device) if has_padding(seqs) else None  # decided on the host
-        return mlm_loss(bert, self.head.to(device), inputs.to(device), encoder_mask, labels.to(device))
+        return mlm_loss(bert, self.head.to(device), inputs.to(device), encoder_mask, labels)

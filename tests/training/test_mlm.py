@@ -30,3 +30,30 @@ def test_head_ties_word_embeddings():
     assert head(torch.randn(3, 8)).shape == (3, 50)
     names = {n for n, _ in head.named_parameters()}
     assert names == {"bias", "transform.dense.weight", "transform.dense.bias", "transform.LayerNorm.weight", "transform.LayerNorm.bias"}
+
+
+def test_mlm_loss_picks_the_chosen_positions_without_a_sync():
+    """The positions to predict are read on the host, where they were drawn: the loss equals the
+    boolean-indexed form, and computing it reads nothing back (no aten._local_scalar_dense)."""
+    import torch.nn.functional as F
+
+    from minbert.training.mlm import mlm_loss
+    from minbert.training.op_count import OpCount
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16))
+    bert.eval()  # no dropout: the two forwards below are the same arithmetic
+    head = MaskedLMHead(bert.config, bert.embeddings.word_embeddings)
+    ids = torch.randint(5, 50, (4, 7))
+    maskable = torch.ones_like(ids, dtype=torch.bool)
+    corrupted, labels = mask_tokens(ids, maskable, mask_id=3, vocab_size=50, prob=0.3)
+    assert (labels != IGNORE).any()
+    with OpCount() as count:
+        loss = mlm_loss(bert, head, corrupted, None, labels)
+        loss.backward()
+    assert count.syncs == 0, dict(count.sites)
+    hidden, _ = bert(corrupted)
+    chosen = labels != IGNORE
+    assert torch.equal(loss, F.cross_entropy(head(hidden[chosen]), labels[chosen]))
+    nothing = torch.full_like(labels, IGNORE)
+    assert mlm_loss(bert, head, corrupted, None, nothing).item() == 0.0

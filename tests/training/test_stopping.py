@@ -182,10 +182,10 @@ def signal_in_step(monkeypatch, at_step: int) -> None:
     """SIGTERM inside the forward of step at_step + 1: that step is finished, then the run stops."""
     original = loop.step_loss
 
-    def wrapped(run, task, indices, phase):
+    def wrapped(run, task, indices, phase, *rest):
         if run.progress.step == at_step:
             send_self()
-        return original(run, task, indices, phase)
+        return original(run, task, indices, phase, *rest)
 
     monkeypatch.setattr(loop, "step_loss", wrapped)
 
@@ -265,11 +265,11 @@ def _ddp_worker(rank, world, port, cfg, out, report, fault):
     torch.set_num_threads(1)
     original = loop.step_loss
 
-    def faulty(run, task, indices, phase):
+    def faulty(run, task, indices, phase, *rest):
         if rank == 1 and run.progress.step == FAULT_AFTER:
             Path(report, "fault_at").write_text(str(time.time()))
             os.kill(os.getpid(), FAULTS[fault])
-        return original(run, task, indices, phase)
+        return original(run, task, indices, phase, *rest)
 
     if fault:
         loop.step_loss = faulty
