@@ -209,7 +209,7 @@ def step_loss(run: Run, task: str, indices: list[int], phase: PhaseConfig) -> to
     head = spec.name  # a train-only task (sst_phrases) trains its owner's head
     if run.features is not None:
         output = net(head, features=run.features.train(task, indices))
-        return task_loss(spec, output.float(), data.labels[indices].to(device), cfg.train.sts_loss) * weight
+        return task_loss(spec, output.float(), data.labels[data.examples_of(indices)].to(device), cfg.train.sts_loss) * weight
     swap = None
     if cfg.train.swap_pairs and data.cross:  # a coin per (step, example): the same on every DDP rank
         swap = [random.Random(f"{cfg.train.seed}/swap/{step}/{i}").random() < 0.5 for i in indices]
@@ -220,7 +220,7 @@ def step_loss(run: Run, task: str, indices: list[int], phase: PhaseConfig) -> to
     loss = task_loss(spec, output, batch.labels, cfg.train.sts_loss)
     if data.soft is not None:
         w = cfg.train.distill_weight
-        loss = (1 - w) * loss + w * distill_loss(spec.kind, output, data.soft[rows].to(device))
+        loss = (1 - w) * loss + w * distill_loss(spec.kind, output, data.soft[data.examples_of(rows)].to(device))
     if rdrop:
         loss = loss + cfg.train.rdrop * disagreement(spec.kind, *output.chunk(2))
     return loss * weight
