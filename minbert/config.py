@@ -35,6 +35,15 @@ class ModelConfig:
     similarity_head: str = "pair"  # "pair" ([|u-v|, u*v] -> Linear -> sigmoid*5) or "cosine"
     head_dropout: float = 0.1
     max_length: int = 128
+    # Texts longer than max_length (single-text tasks; pairs are always truncated): "truncate"
+    # (keep the first max_length tokens) or "chunks" (cut into windows of max_length, [CLS] +
+    # slice + [SEP], consecutive slices sharing `stride` tokens; a text's prediction is the mean
+    # of its windows' head outputs: logits, or the score). long_text_train, with chunks: training
+    # takes every window as an example with its text's label ("windows": an epoch counts
+    # windows), or only the first ("first": truncation in training).
+    long_text: str = "truncate"
+    stride: int = 32
+    long_text_train: str = "windows"
     # Cross-encoded pairs: predict from both orders ([CLS] a [SEP] b and [CLS] b [SEP] a) and
     # average the two head outputs (logits, scores). Twice the prediction cost.
     symmetric_predict: bool = False
@@ -245,6 +254,9 @@ RULES: dict[str, Rule] = {
     "model.similarity_head": one_of(*(h for h in HEADS["regression"] if h != "linear")),  # linear: cross pairs only
     "model.head_dropout": Rule(test=lambda v: 0 <= v < 1, words="0 <= value < 1"),
     "model.max_length": Rule(test=lambda v: 1 <= v <= 512, words="1 <= value <= 512"),  # BERT's; runs.build_model checks the checkpoint's
+    "model.long_text": one_of("truncate", "chunks"),
+    "model.long_text_train": one_of("windows", "first"),
+    "model.stride": AT_LEAST_0,  # and below max_length - 2: checked in validate
     "data.max_train_examples": AT_LEAST_1,
     "data.max_eval_examples": AT_LEAST_1,
     "data.phrase_min_words": AT_LEAST_1,
@@ -323,8 +335,19 @@ def validate(cfg: RunConfig) -> None:
         bad = [t for t in names if t not in trainable]
         if bad:
             raise ConfigError(f"{key}: {bad[0]!r} is not one of the run's training tasks {trainable}")
+    if cfg.model.long_text == "chunks" and cfg.model.stride >= cfg.model.max_length - 2:
+        raise ConfigError(f"model.stride: {cfg.model.stride} must be below model.max_length - 2 "
+                          f"({cfg.model.max_length - 2}, the text tokens of a window) for model.long_text 'chunks'")  # fmt: skip
     if cfg.model.similarity_head == "cosine" and cfg.model.pair_encoding == "cross":
         raise ConfigError("model.similarity_head 'cosine' needs model.pair_encoding 'siamese'")
+
+
+def window_stride(model: ModelConfig, split: str) -> int | None:
+    """The stride of long texts' windows in a split's encoding (see ModelConfig.long_text);
+    None: truncate. Training with long_text_train "first" truncates."""
+    if model.long_text != "chunks" or (split == "train" and model.long_text_train == "first"):
+        return None
+    return model.stride
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

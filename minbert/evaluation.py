@@ -80,7 +80,8 @@ def head_outputs(forward: BatchForward, task: str, data: EncodedTask, batch_size
                  progress: bool | None = None) -> torch.Tensor:
     """The task head's raw outputs (classification logits (N, K), binary logits (N,), regression
     scores (N,)) for every example of `data`, in input order, as fp32 on the CPU. Batches are
-    sorted by length (less padding); the order is restored afterwards. `progress`: a bar; None =
+    sorted by length (less padding); the order is restored afterwards; a text cut into windows
+    gets the mean of its windows' outputs. `progress`: a bar; None =
     on terminals only (tqdm's disable=None), so logs and CI stay clean."""
     out: dict[int, list | float] = {}
     # Under several processes each rank predicts every world-th batch; all are gathered.
@@ -92,7 +93,8 @@ def head_outputs(forward: BatchForward, task: str, data: EncodedTask, batch_size
         if not torch.isfinite(output).all():  # caught here: a NaN logit would still argmax to a class
             raise RunError(f"the model's {task} outputs are not finite: it has diverged; nothing is predicted")
         out.update(zip(indices, output.cpu().tolist()))
-    return torch.tensor(distributed.gather_predictions(out, len(data)), dtype=torch.float32)
+    rows = torch.tensor(distributed.gather_predictions(out, len(data)), dtype=torch.float32)
+    return data.mean_over_windows(rows)  # windows of one long text: their mean (model.long_text)
 
 
 def score(task: str, predictions: list, data: EncodedTask, metric: str | None = None) -> float:

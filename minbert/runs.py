@@ -15,7 +15,7 @@ import torch
 
 from minbert import distributed
 from minbert.checkpoint import CheckpointError, load_pretrained, resolve_checkpoint_dir
-from minbert.config import ConfigError, RunConfig, load_config
+from minbert.config import ConfigError, RunConfig, load_config, window_stride
 from minbert.evaluation import dev_scores, predict, prediction_path, write_predictions
 from minbert.model import BertConfig, BertModel
 from minbert.multitask import MultitaskBert
@@ -105,7 +105,7 @@ def encode_all(raw: Raw, tokenizer: WordPieceTokenizer, cfg: RunConfig) -> Encod
     tasks = TaskSet.of(cfg.tasks)
     return {
         split: {task: EncodedTask(tasks[task], examples, tokenizer, tasks[task].pair_encoding or cfg.model.pair_encoding,
-                                  cfg.model.max_length)  # fmt: skip
+                                  cfg.model.max_length, window_stride(cfg.model, split))  # fmt: skip
                 for task, examples in by_task.items()}
         for split, by_task in raw.items()
     }

@@ -31,6 +31,13 @@ class WordPieceTokenizer:
         self._truncate(max_length)
         return [e.ids for e in self._tok.encode_batch(list(texts))]
 
+    def encode_windows(self, texts: list[str], max_length: int = 128, stride: int = 0) -> list[list[list[int]]]:
+        """Each text as windows `[CLS] slice [SEP]` of at most max_length ids, consecutive slices
+        sharing `stride` tokens (the `tokenizers` overflow convention); one window, equal to
+        `encode`'s, for a text that fits."""
+        self._tok.enable_truncation(max_length=max_length, stride=stride, strategy="longest_first")
+        return [[e.ids] + [o.ids for o in e.overflowing] for e in self._tok.encode_batch(list(texts))]
+
     def encode_pairs(
         self, first: list[str], second: list[str], max_length: int = 128
     ) -> list[tuple[list[int], list[int]]]:

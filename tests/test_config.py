@@ -60,6 +60,7 @@ def test_saved_config_round_trips(tmp_path):
 OUT_OF_RANGE = {
     "model.head_dropout": ["-0.1", "1.0", "nan"],
     "model.max_length": ["0", "513"],
+    "model.stride": ["-1"],
     "data.max_train_examples": ["0", "-1"],
     "data.max_eval_examples": ["0"],
     "train.batch_size": ["0", "-32"],

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 
 from minbert import distributed
-from minbert.config import RunConfig
+from minbert.config import RunConfig, window_stride
 from minbert.evaluation import head_outputs
 from minbert.inference import ensemble, manifest
 from minbert.inference.backends import BACKENDS, INT8_BATCH, Backend, TorchBackend, int8_backend
@@ -172,7 +172,8 @@ class Predictor:
             return Predictions(task, [], [], self.model_cfg.max_length)
         examples = [Example(str(i), texts, None) for i, texts in enumerate(rows)]
         m = self.model_cfg
-        data = EncodedTask(spec, examples, self.tokenizer, spec.pair_encoding or m.pair_encoding, m.max_length)
+        data = EncodedTask(spec, examples, self.tokenizer, spec.pair_encoding or m.pair_encoding, m.max_length,
+                           window_stride(m, "predict"))  # fmt: skip
         outputs = head_outputs(lambda indices: self.backend(task, data, indices), task, data, self.batch_size, progress)
         return Predictions(task, self._results(task, outputs), self._truncated(data, rows), self.model_cfg.max_length)
 
@@ -194,6 +195,8 @@ class Predictor:
         """Which inputs lost tokens to max_length: only those whose encoding reached it are
         tokenised again, without truncation, to find out."""
         limit = self.model_cfg.max_length
+        if data.owner is not None:  # cut into windows: no token is lost
+            return [False] * len(rows)
         flags = []
         for texts, length in zip(rows, data.lengths):
             if length < limit:

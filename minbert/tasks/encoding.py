@@ -3,6 +3,11 @@
 A batch of sentence pairs encoded siamese-style puts both sides through the encoder in one
 forward: the (2B, T) batch holds the B first sentences, then the B second ones. Cross-encoded
 pairs are one sequence each, `[CLS] a [SEP] b [SEP]`, with segment ids.
+
+Long texts (`stride` given, single-text tasks only): a text longer than max_length becomes
+several rows, its overlapping windows (`WordPieceTokenizer.encode_windows`). Rows are what
+batches hold and `len()` counts; `owner` maps a row to its example, whose label it carries, and
+`mean_over_windows` turns the rows' head outputs back into one per example. Pairs keep truncation.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class EncodedTask:
         tokenizer: WordPieceTokenizer,
         pair_encoding: str = "siamese",
         max_length: int = 128,
+        stride: int | None = None,
     ):
         self.spec = spec
         self.ids = [e.id for e in examples]
@@ -65,7 +71,12 @@ class EncodedTask:
         self.types: list[list[int]] | None = None
         self._swapped: tuple[list[list[int]], list[list[int]]] | None = None  # [CLS] b [SEP] a [SEP], made on first use
         self._swap_inputs = (tokenizer, [e.texts for e in examples], max_length) if self.cross else None
-        if not spec.is_pair:
+        self.owner: list[int] | None = None  # row -> example, where texts are cut into windows
+        if not spec.is_pair and stride is not None:
+            windows = tokenizer.encode_windows([e.texts[0] for e in examples], max_length, stride)
+            self.sides = [[w for ws in windows for w in ws]]
+            self.owner = [i for i, ws in enumerate(windows) for _ in ws]
+        elif not spec.is_pair:
             self.sides = [tokenizer.encode([e.texts[0] for e in examples], max_length)]
         elif self.siamese:
             self.sides = [tokenizer.encode([e.texts[i] for e in examples], max_length) for i in (0, 1)]
@@ -74,10 +85,26 @@ class EncodedTask:
             self.sides = [[ids for ids, _ in pairs]]
             self.types = [types for _, types in pairs]
         # The padded length a batch of this example will need: what bucketing sorts on.
-        self.lengths = [max(len(side[i]) for side in self.sides) for i in range(len(self.ids))]
+        self.lengths = [max(len(side[i]) for side in self.sides) for i in range(len(self.sides[0]))]
 
     def __len__(self) -> int:
-        return len(self.ids)
+        """The rows: the examples, or their windows where texts are cut into windows."""
+        return len(self.sides[0])
+
+    def examples_of(self, rows: list[int]) -> list[int]:
+        """The example each row belongs to (for its label, soft label, id)."""
+        return rows if self.owner is None else [self.owner[r] for r in rows]
+
+    def mean_over_windows(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Per-row head outputs (rows, ...) -> per-example (examples, ...): the mean over each
+        example's windows (of the logits, for classes). Unchanged without windows; an example of
+        one window keeps its row's value exactly (0 + x, then / 1)."""
+        if self.owner is None:
+            return outputs
+        owner = torch.tensor(self.owner)
+        sums = torch.zeros((len(self.ids), *outputs.shape[1:]), dtype=outputs.dtype).index_add_(0, owner, outputs)
+        counts = torch.bincount(owner, minlength=len(self.ids)).to(outputs.dtype)
+        return sums / counts.view(-1, *[1] * (outputs.dim() - 1))
 
     def _token_types(self, indices: list[int], swap: list[bool] | None = None) -> torch.Tensor | None:
         """Padded segment ids of cross-encoded pairs; None for single sequences."""
@@ -113,5 +140,5 @@ class EncodedTask:
             seqs = [self._pick(0, i, s) for i, s in zip(indices, swap)]
         input_ids, mask = pad_batch(seqs, self.pad_id)
         token_type_ids = self._token_types(indices, swap)
-        labels = self.labels[indices] if self.labels is not None else None
+        labels = self.labels[self.examples_of(indices)] if self.labels is not None else None
         return Batch(input_ids, mask, token_type_ids, self.siamese, labels, indices, has_padding(seqs))

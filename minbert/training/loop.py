@@ -252,14 +252,14 @@ def step_loss(run: Run, task: str, indices: list[int], phase: PhaseConfig, batch
     head = spec.name  # a train-only task (sst_phrases) trains its owner's head
     if run.features is not None:
         output = net(head, features=run.features.train(task, indices))
-        return task_loss(spec, output.float(), data.labels[indices].to(device), cfg.train.sts_loss) * weight
+        return task_loss(spec, output.float(), data.labels[data.examples_of(indices)].to(device), cfg.train.sts_loss) * weight
     if batch is None:
         batch = step_batch(run, task, indices, phase, run.progress.step)
     output = net(head, batch, frozen_encoder=phase.mode == "frozen").float()
     loss = task_loss(spec, output, batch.labels, cfg.train.sts_loss)
     if data.soft is not None:
         w = cfg.train.distill_weight
-        loss = (1 - w) * loss + w * distill_loss(spec.kind, output, data.soft[batch.indices].to(device))
+        loss = (1 - w) * loss + w * distill_loss(spec.kind, output, data.soft[data.examples_of(batch.indices)].to(device))
     if uses_rdrop(run, task, phase):
         loss = loss + cfg.train.rdrop * disagreement(spec.kind, *output.chunk(2))
     return loss * weight
