@@ -1,4 +1,4 @@
-"""`minbert train | evaluate | predict | predict-files | ensemble | export | serve | reproduce | plot`.
+"""`minbert train | evaluate | predict | predict-files | ensemble | export | serve | reproduce | sweep | plot`.
 
 Config overrides are dotted keys after the named options: `minbert train --train.seed=3
 --train.phases.0.epochs=2`. `--model PATH` is short for `--model.checkpoint=PATH`.
@@ -131,13 +131,35 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p_rep = sub.add_parser("reproduce", help="the seed report's Models A-F, with a table and a chart")
     p_rep.add_argument("--out", required=True)
     p_rep.add_argument("--models", default="A,B,C,D,E,F")
+    p_sweep = sub.add_parser("sweep", help="a hyperparameter search on Optuna: trials of a config over a space file's "
+                             "keys, each a run directory (the sweep extra)")  # fmt: skip
+    p_sweep.add_argument("--config", help="YAML file or name in configs/ (default: main)")
+    p_sweep.add_argument("--space", required=True, help="YAML: dotted config key -> {low, high[, log: true][, type: "
+                         "int, step]} or {choices: [...]} (README)")  # fmt: skip
+    p_sweep.add_argument("--trials", type=int, required=True, help="finished (complete or pruned) trials the study "
+                         "should reach, over all its workers")  # fmt: skip
+    p_sweep.add_argument("--out", required=True, help="the sweep's directory: trial-NNNN/, trials.csv, best.yaml, pictures")
+    p_sweep.add_argument("--storage", help="the study's database URL (default: sqlite:///OUT/study.db); workers on "
+                         "several machines share e.g. postgresql://...")  # fmt: skip
+    p_sweep.add_argument("--study-name", help="(default: the name of --out)")
+    p_sweep.add_argument("--objective", default="overall", help="the dev score maximised: overall, a task (its "
+                         "primary metric) or task.metric (default: overall)")  # fmt: skip
+    p_sweep.add_argument("--pruner", choices=("median", "none"), default="median",
+                         help="median: stop a trial whose dev score is below the median of earlier trials' at the "
+                         "same evaluation (after 2 finished trials; default)")  # fmt: skip
+    p_sweep.add_argument("--resume", action="store_true", help="continue (or join) a study that has finished trials")
+    p_sweep.add_argument("--no-baseline", action="store_true", help="do not run the config's own values as the "
+                         "first trial of a new study")  # fmt: skip
+    p_sweep.add_argument("--heartbeat-s", type=float, default=30.0, help="a worker's heartbeat; one silent for 3 x "
+                         "this is dead, its trial marked failed and tried again (default: 30)")  # fmt: skip
+    p_sweep.add_argument("--seed", type=int, help="the sampler's seed (default: random)")
     p_plot = sub.add_parser("plot", help="draw a run's pictures again: curves.png, and the dev pictures if evaluated")
     p_plot.add_argument("run", help="a run directory")
-    for p in (p_train, p_eval, p_pred, p_files, p_ens, p_exp, p_serve, p_rep):
+    for p in (p_train, p_eval, p_pred, p_files, p_ens, p_exp, p_serve, p_rep, p_sweep):
         p.add_argument("--model", help="BERT checkpoint directory (default: the embedded all-MiniLM-L6-v2)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser, {"train": p_train, "evaluate": p_eval, "predict": p_pred, "predict-files": p_files,
-                    "ensemble": p_ens, "export": p_exp, "serve": p_serve, "reproduce": p_rep, "plot": p_plot}  # fmt: skip
+                    "ensemble": p_ens, "export": p_exp, "serve": p_serve, "reproduce": p_rep, "sweep": p_sweep, "plot": p_plot}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
@@ -275,6 +297,30 @@ def reproduce_command(args, overrides: list[str], parser) -> int:
     return 0
 
 
+def sweep_command(args, overrides: list[str], parser) -> int:
+    try:
+        from minbert.training.sweep import NO_OPTUNA, SweepOptions, sweep
+        import optuna  # noqa: F401 - the extra's presence, checked before any work
+    except ModuleNotFoundError as e:
+        if e.name != "optuna":
+            raise
+        print(f"minbert: error: {NO_OPTUNA}", file=sys.stderr)
+        return 2
+    options = SweepOptions(trials=args.trials, storage=args.storage, study_name=args.study_name,
+                           objective=args.objective, pruner=args.pruner, resume=args.resume,
+                           baseline=not args.no_baseline, heartbeat_s=args.heartbeat_s, sampler_seed=args.seed,
+                           progress=not args.no_progress)  # fmt: skip
+    config_path = resolve_config(args.config)
+    print(f"minbert: sweep of {config_path} over {args.space} -> {args.out}", flush=True)
+    best = sweep(config_path, args.space, args.out, options, overrides)
+    if best["best"] is None:
+        print("no complete trial")
+    else:
+        print(f"best: trial {best['best']}, dev {args.objective} {best['value']:.4f}, {json.dumps(best['params'])}")
+    print(f"sweep directory: {args.out} (trials.csv, best.yaml)")
+    return 0
+
+
 def plot_command(args, overrides: list[str], parser) -> int:
     from minbert.reports.plots import NO_MATPLOTLIB, plot_run
 
@@ -292,7 +338,8 @@ def plot_command(args, overrides: list[str], parser) -> int:
 
 COMMANDS = {"train": train_command, "evaluate": evaluate_command, "predict": predict_command,
             "predict-files": predict_files_command, "ensemble": ensemble_command, "export": export_command,
-            "serve": serve_command, "reproduce": reproduce_command, "plot": plot_command}  # fmt: skip
+            "serve": serve_command, "reproduce": reproduce_command, "sweep": sweep_command,
+            "plot": plot_command}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

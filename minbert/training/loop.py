@@ -126,6 +126,8 @@ def end_epoch(run: Run, phase_idx: int, epoch: int, losses: dict[str, float]) ->
             record["eval_s"] = round(time.time() - started, 1)
         _close_epoch(run, phase_idx, epoch, record)
     distributed.barrier()
+    if "dev" in record:
+        run.report_eval("epoch", record)  # after last.safetensors: a stop it asks for loses nothing
 
 
 def _close_epoch(run: Run, phase_idx: int, epoch: int, record: dict) -> None:

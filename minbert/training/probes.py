@@ -60,3 +60,4 @@ def probe(run, phase: PhaseConfig) -> None:
             print(f"[{phase.name} step {state.step}] dev probe {record['probe']['overall']:.4f}{full}{mark} | "
                   f"{record['elapsed_s']}s", flush=True)  # fmt: skip
         state.probe_due = False
+    run.report_eval("probe", record)

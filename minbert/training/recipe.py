@@ -25,7 +25,7 @@ from minbert.training.logs import print_history
 from minbert.training.loop import run_phase
 from minbert.training.run_state import RunLock
 from minbert.training.state import Run, TrainOptions, attach_soft_labels, check_data, launch_checks, set_seed, start
-from minbert.training.stopping import Stopper, StopRequested
+from minbert.training.stopping import EvalCallbackStop, Stopper, StopRequested
 
 
 def train(cfg: RunConfig, out_dir: str | Path, options: TrainOptions | None = None) -> dict[str, float]:
@@ -56,6 +56,10 @@ def train(cfg: RunConfig, out_dir: str | Path, options: TrainOptions | None = No
             if scores and run.main:  # a picture that cannot be drawn is said, never fails the run
                 draw_or_explain(str(out_dir / CURVES), lambda: draw_curves(out_dir))
             return scores
+        except EvalCallbackStop as stop:  # options.on_eval raised (a sweep pruned this trial)
+            if run is not None:
+                run.stopped_by_callback(stop)
+            raise stop.cause from None
         except StopRequested:
             raise (run.save_on_stop() if run is not None else stopper.stopped(None, out_dir / LAST)) from None
 

@@ -15,6 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from minbert.tasks.data import (data_changes, length_bucketed_batches, load_soft
 from minbert.tasks.encoding import EncodedTask
 from minbert.tokenizer import WordPieceTokenizer
 from minbert.training.run_state import CheckpointTimer, config_differences, log_sizes, rng_state, set_rng_state, truncate_logs
-from minbert.training.stopping import Stopper, TrainingStopped
+from minbert.training.stopping import EvalCallbackStop, Stopper, TrainingStopped
 
 LOGS = ("steps.jsonl", "epochs.jsonl", "evals.jsonl")
 # data.json: the fingerprints of the data files the run reads now. events.jsonl: what happened to
@@ -56,7 +57,10 @@ class TrainOptions:
     `overwrite`: a fresh run may replace a run in out_dir. `progress`: progress bars. `device`:
     default CUDA where available (the local rank's under torchrun), else the CPU.
     `stop_after_epochs`: stop after that many epochs of this call, as an interruption would
-    (how the tests interrupt a run at an exact point)."""
+    (how the tests interrupt a run at an exact point). `on_eval`: called after each dev
+    evaluation (an epoch's end, a probe) with its record (`kind`: "epoch" or "probe", `step`, and
+    `dev` and/or `probe` scores); an exception it raises stops the run as a signal would (last.safetensors
+    at this step, a note in events.jsonl), then `train` raises it (how `minbert sweep` prunes). One process only."""
 
     resume: bool = False
     init_from: str | Path | None = None
@@ -64,6 +68,7 @@ class TrainOptions:
     progress: bool = True
     device: str | torch.device | None = None
     stop_after_epochs: int | None = None
+    on_eval: Callable[[dict], None] | None = None
 
 
 @dataclass
@@ -179,12 +184,32 @@ class Run:
     def save_on_stop(self) -> TrainingStopped:
         """After a stop was asked for: last.safetensors at this step, unless it holds it already
         (rank 0 writes; every rank waits for it)."""
+        self.save_here()
+        return self.stopper.stopped(self.saved_step, self.out_dir / LAST)
+
+    def save_here(self) -> None:
+        """last.safetensors at this step, unless it holds it already (rank 0 writes)."""
         if self.progress.step > self.saved_step:  # steps were made in this process since the last one
             if self.main:
                 self.save_last()
             self.saved_step = self.progress.step
         distributed.barrier()
-        return self.stopper.stopped(self.saved_step, self.out_dir / LAST)
+
+    def report_eval(self, kind: str, record: dict) -> None:
+        """Hand a dev evaluation's record to options.on_eval; what it raises stops the run."""
+        if self.options.on_eval is None:
+            return
+        try:
+            self.options.on_eval({"kind": kind, **record})
+        except Exception as e:
+            raise EvalCallbackStop(e) from e
+
+    def stopped_by_callback(self, stop: EvalCallbackStop) -> None:
+        """After on_eval raised: last.safetensors at this step, and events.jsonl says why."""
+        self.save_here()
+        if self.main:
+            add_event(self.out_dir, {"event": "stopped", "by": "on_eval", "step": self.progress.step,
+                                     "reason": f"{type(stop.cause).__name__}: {stop.cause}"})  # fmt: skip
 
 
 def set_seed(seed: int) -> None:
@@ -289,10 +314,14 @@ def record_data(out_dir: Path, record: DataRecord, step: int) -> None:
     if record.accepted:
         print(f"{record.where}: {'; '.join(record.accepted)}; going on with the new data (data.allow_changed=true), "
               f"noted in {out_dir / EVENTS}", flush=True)  # fmt: skip
-        event = {"event": "data_changed", "step": step, "allowed_by": "data.allow_changed=true",
-                 "changes": record.accepted, "data": record.files}  # fmt: skip
-        earlier = (out_dir / EVENTS).read_text() if (out_dir / EVENTS).exists() else ""
-        atomic_write(out_dir / EVENTS, lambda tmp: tmp.write_text(earlier + json.dumps(event) + "\n"))
+        add_event(out_dir, {"event": "data_changed", "step": step, "allowed_by": "data.allow_changed=true",
+                            "changes": record.accepted, "data": record.files})  # fmt: skip
+
+
+def add_event(out_dir: Path, event: dict) -> None:
+    """One more line of the run's events.jsonl (written whole, atomically)."""
+    earlier = (out_dir / EVENTS).read_text() if (out_dir / EVENTS).exists() else ""
+    atomic_write(out_dir / EVENTS, lambda tmp: tmp.write_text(earlier + json.dumps(event) + "\n"))
 
 
 def attach_soft_labels(train: dict[str, EncodedTask], cfg: RunConfig) -> None:

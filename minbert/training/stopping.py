@@ -33,6 +33,16 @@ class StopRequested(BaseException):
     that no `except Exception` on the way swallows it."""
 
 
+class EvalCallbackStop(StopRequested):
+    """An `on_eval` callback (TrainOptions) raised `cause` (a sweep's pruning, say): the run
+    stops as after a signal (the step finished, the logs flushed, last.safetensors at this step,
+    a note in events.jsonl), and `train` raises `cause` again."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(cause)
+        self.cause = cause
+
+
 class TrainingStopped(Exception):
     """`train` stopped on a signal: `checkpoint` is last.safetensors, at `step` (None: stopped
     before this process trained; checkpoint None: the run had none yet), `seconds` the time

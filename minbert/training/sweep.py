@@ -1,0 +1,419 @@
+"""`minbert sweep`: a hyperparameter search on Optuna over a config's keys.
+
+A space file maps dotted config keys to ranges or choices (`load_space`, checked before any
+trial starts); each trial is an ordinary run directory `OUT/trial-NNNN` of the config with the
+sampled values as overrides; its dev evaluations go to the trial (`TrainOptions.on_eval`), so a
+pruner stops hopeless trials early (the run stops as on a signal: last.safetensors, logs, a note
+in events.jsonl). The study lives in a database (`sqlite:///OUT/study.db` by default, any URL
+Optuna takes), with heartbeats: several workers share one study, and the trial of a worker that
+died is marked failed (and its parameters tried again). After every trial: OUT/trials.csv and
+OUT/best.yaml (the best complete trial's whole config); at the end, the pictures.
+
+Optuna is an optional extra (`pip install 'minbert[sweep]'`); only this module imports it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+from minbert.config import ConfigError, load_config, to_dict
+from minbert.run_files import RunError, atomic_write
+from minbert.tasks.spec import TaskSet
+from minbert.training.recipe import train
+from minbert.training.state import TrainOptions
+
+NO_OPTUNA = "optuna is not installed: pip install 'minbert[sweep]'"
+SPEC_KEYS = {"low", "high", "log", "type", "step", "choices"}
+PICTURES = ("history.png", "importances.png", "parallel.png")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched key: `kind` "float" (uniform or `log`), "int" (with `step`) or "choice"."""
+
+    key: str
+    kind: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: int | None = None
+    choices: tuple | None = None
+    line: int = 0
+
+    def distribution(self):
+        import optuna
+
+        if self.kind == "choice":
+            return optuna.distributions.CategoricalDistribution(self.choices)
+        if self.kind == "int":
+            return optuna.distributions.IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
+
+
+# ---------------------------------------------------------------------------------------
+# The space file
+
+
+def load_space(path: str | Path, config: str | Path | None, overrides: list[str] = ()) -> list[Param]:
+    """The space file's parameters, each checked (`PATH:LINE: reason`, a ConfigError): a known
+    config key (its bounds or choices applied to the config as overrides), a spec of the schema
+    (README: `{low, high}`, `{low, high, log: true}`, `{low, high, type: int, step}`, `{choices}`),
+    low < high, log only with low > 0."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: space file not found")
+    loader = yaml.SafeLoader(path.read_text())
+    try:
+        root = loader.get_single_node()
+        if root is None or not isinstance(root, yaml.MappingNode) or not root.value:
+            line = root.start_mark.line + 1 if root is not None else 1
+            raise ConfigError(f"{path}:{line}: a space file is a mapping of config keys to ranges or choices")
+        params = [_param(path, loader, key_node, spec_node) for key_node, spec_node in root.value]
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise ConfigError(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML ({e.problem or e})") from None
+    finally:
+        loader.dispose()
+    seen: dict[str, int] = {}
+    for p in params:
+        if p.key in seen:
+            raise ConfigError(f"{path}:{p.line}: {p.key!r} is already searched (line {seen[p.key]})")
+        seen[p.key] = p.line
+    for p in params:  # each bound or choice must make a valid config
+        for value in p.choices if p.kind == "choice" else (p.low, p.high):
+            try:
+                load_config(config, [*overrides, override(p.key, value)])
+            except ConfigError as e:
+                raise ConfigError(f"{path}:{p.line}: {p.key}={value!r} is not a valid value: {e}") from None
+    return params
+
+
+def _param(path: Path, loader: yaml.SafeLoader, key_node, spec_node) -> Param:
+    line = key_node.start_mark.line + 1
+    key = loader.construct_object(key_node, deep=True)
+    where = f"{path}:{line}"
+    if not isinstance(key, str) or "." not in key:
+        raise ConfigError(f"{where}: {key!r} is not a dotted config key (e.g. train.phases.1.lr)")
+    if not isinstance(spec_node, yaml.MappingNode):
+        raise ConfigError(f"{where}: {key}: a spec is a mapping: {{low, high}}, {{low, high, log: true}}, "
+                          "{low, high, type: int} or {choices: [...]}")  # fmt: skip
+    lines = {loader.construct_object(k): k.start_mark.line + 1 for k, _ in spec_node.value}
+    spec = loader.construct_object(spec_node, deep=True)
+    unknown = [k for k in spec if k not in SPEC_KEYS]
+    if unknown:
+        raise ConfigError(f"{path}:{lines[unknown[0]]}: {key}: unknown spec key {unknown[0]!r} "
+                          f"(allowed: {', '.join(sorted(SPEC_KEYS))})")  # fmt: skip
+    if "choices" in spec:
+        choices = spec["choices"]
+        if set(spec) != {"choices"}:
+            raise ConfigError(f"{where}: {key}: choices go alone (no low, high, log, type, step)")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{path}:{lines['choices']}: {key}: choices must be a non-empty list")
+        if not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
+            raise ConfigError(f"{path}:{lines['choices']}: {key}: each choice must be a number, string, boolean or null")
+        if len(set(map(repr, choices))) != len(choices):
+            raise ConfigError(f"{path}:{lines['choices']}: {key}: a choice is listed twice")
+        return Param(key, "choice", choices=tuple(choices), line=line)
+    missing = [k for k in ("low", "high") if k not in spec]
+    if missing:
+        raise ConfigError(f"{where}: {key}: {missing[0]!r} is missing (a range is {{low, high}}; or give choices)")
+    kind = spec.get("type", "float")
+    if kind not in ("float", "int"):
+        raise ConfigError(f"{path}:{lines['type']}: {key}: type must be float or int, not {kind!r}")
+    low, high = (_number(spec[k], kind, f"{path}:{lines[k]}: {key}: {k}") for k in ("low", "high"))
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{path}:{lines['log']}: {key}: log must be true or false, not {log!r}")
+    if not low < high:
+        raise ConfigError(f"{path}:{lines['low']}: {key}: low ({low}) must be below high ({high})")
+    if log and low <= 0:
+        raise ConfigError(f"{path}:{lines['low']}: {key}: a log scale needs low > 0, not {low}")
+    step = spec.get("step")
+    if step is not None:
+        if kind != "int" or isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            raise ConfigError(f"{path}:{lines['step']}: {key}: step goes with type: int and is an integer >= 1")
+        if log and step != 1:
+            raise ConfigError(f"{path}:{lines['step']}: {key}: a log scale takes no step")
+    return Param(key, kind, low, high, log, step, line=line)
+
+
+def _number(value: Any, kind: str, where: str) -> float | int:
+    """A bound: an int for type int; a float otherwise (YAML reads 1e-5 as a string: accepted)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: {value!r} is not a number")
+    if kind == "int":
+        if not isinstance(value, int):
+            raise ConfigError(f"{where}: {value!r} is not an integer (type: int)")
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: {value!r} is not finite")
+    return number
+
+
+def override(key: str, value: Any) -> str:
+    """`key=value` in the override grammar of load_config (strings quoted, null for None)."""
+    text = "null" if value is None else json.dumps(value) if isinstance(value, str) else str(value).lower() \
+        if isinstance(value, bool) else repr(value)  # fmt: skip
+    return f"{key}={text}"
+
+
+def config_values(cfg, params: list[Param]) -> dict[str, Any]:
+    """The config's own values of the searched keys (the baseline trial)."""
+    tree = OmegaConf.create(to_dict(cfg))
+    values = {p.key: OmegaConf.select(tree, p.key) for p in params}
+    return {p.key: values[p.key] for p in params if _contains(p, values[p.key])}  # outside the space: sampled
+
+
+def _contains(p: Param, value: Any) -> bool:
+    if p.kind == "choice":
+        return value in p.choices
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and p.low <= value <= p.high
+
+
+def objective_key(name: str, cfg) -> str:
+    """A dev score's key: `overall`, a task's name (its primary metric), `task_metric`, or
+    `task.metric` (the same). Refused, naming the choices, unless the run's tasks have it."""
+    tasks = TaskSet.of(cfg.tasks)
+    keys = ["overall"]
+    aliases = {}
+    for task, spec in tasks.items():
+        for metric in spec.metrics:
+            key = task if metric == spec.primary else f"{task}_{metric}"
+            keys.append(key)
+            aliases[f"{task}.{metric}"] = key
+    found = aliases.get(name, name)
+    if found not in keys:
+        raise ConfigError(f"--objective: {name!r} is not a dev score of this config (one of: {', '.join(keys)}, "
+                          f"or {', '.join(aliases)})")  # fmt: skip
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# The sweep
+
+
+@dataclass
+class SweepOptions:
+    """How `sweep` runs: `trials` (finished trials the study should reach: complete or pruned),
+    `storage` (a database URL; None: sqlite:///OUT/study.db), `study_name` (None: OUT's name),
+    `objective` (a dev score, maximised), `pruner` ("median", "none", or an optuna pruner),
+    `resume` (join a study that already has finished trials), `baseline` (the config's own
+    values of the space, enqueued as the first trial of a new study), `heartbeat_s` (a worker
+    silent for 3 x this is dead: its trial FAIL), `sampler_seed`, `progress`."""
+
+    trials: int = 10
+    storage: str | None = None
+    study_name: str | None = None
+    objective: str = "overall"
+    pruner: Any = "median"
+    resume: bool = False
+    baseline: bool = True
+    heartbeat_s: float = 30.0
+    sampler_seed: int | None = None
+    progress: bool = False
+
+
+def open_study(out: Path, options: SweepOptions, create_ok: bool = True):
+    """The study in options.storage (created if missing; every worker calls this)."""
+    import optuna
+
+    url = options.storage or f"sqlite:///{out.resolve() / 'study.db'}"
+    storage = optuna.storages.RDBStorage(
+        url, heartbeat_interval=max(1, round(options.heartbeat_s)), grace_period=max(3, round(3 * options.heartbeat_s)),
+        heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)  # fmt: skip
+    pruner = options.pruner
+    if pruner == "median":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    elif pruner in ("none", None):
+        pruner = optuna.pruners.NopPruner()
+    elif isinstance(pruner, str):
+        raise ConfigError(f"--pruner: {pruner!r} is not one of median, none")
+    sampler = optuna.samplers.TPESampler(seed=options.sampler_seed)
+    name = options.study_name or out.resolve().name
+    return optuna.create_study(storage=storage, study_name=name, direction="maximize", pruner=pruner, sampler=sampler,
+                               load_if_exists=True)  # fmt: skip
+
+
+def sweep(config: str | Path | None, space: str | Path, out: str | Path, options: SweepOptions,
+          overrides: list[str] = ()) -> dict:  # fmt: skip
+    """Run trials of `config` (with `overrides`) over the space file's keys until the study holds
+    options.trials finished (complete or pruned) trials; each a run directory OUT/trial-NNNN.
+    Returns {"best": number, "value", "params"} of the best complete trial (None when none)."""
+    try:
+        import optuna
+    except ModuleNotFoundError:
+        raise ConfigError(NO_OPTUNA) from None
+    out = Path(out)
+    overrides = list(overrides)
+    base = load_config(config, overrides)  # bad config or overrides: before anything
+    params = load_space(space, config, overrides)
+    key = objective_key(options.objective, base)
+    if options.trials < 1:
+        raise ConfigError(f"--trials: {options.trials} must be >= 1")
+    out.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(out, options)
+    optuna.storages.fail_stale_trials(study)  # a dead worker's trial: FAIL (its parameters queued again)
+    finished = _count(study, ("COMPLETE", "PRUNED"))
+    if finished and not options.resume:
+        raise ConfigError(f"{out}: the study {study.study_name!r} already has {finished} finished trial(s); pass "
+                          "--resume to continue it (or another --out)")  # fmt: skip
+    if options.baseline and not study.trials:
+        study.enqueue_trial(config_values(base, params), user_attrs={"baseline": True}, skip_if_exists=True)
+    remaining = options.trials - _count(study, ("COMPLETE", "PRUNED", "RUNNING"))  # a WAITING one is among them
+    if remaining > 0:
+        done = optuna.study.MaxTrialsCallback(options.trials, states=_states("COMPLETE", "PRUNED", "RUNNING"))
+        study.optimize(lambda trial: _trial(trial, config, overrides, params, key, out, options), n_trials=remaining,
+                       catch=(RunError,), callbacks=[done, lambda s, t: write_tables(s, out, params, key)])  # fmt: skip
+    write_tables(study, out, params, key)
+    draw_pictures(study, out)
+    best = _best(study)
+    return {"best": best.number, "value": best.value, "params": best.params} if best else {"best": None}
+
+
+def _states(*names: str) -> tuple:
+    import optuna
+
+    return tuple(optuna.trial.TrialState[n] for n in names)
+
+
+def _count(study, names: tuple[str, ...]) -> int:
+    return len(study.get_trials(deepcopy=False, states=_states(*names)))
+
+
+def _trial(trial, config, overrides: list[str], params: list[Param], key: str, out: Path, options: SweepOptions) -> float:
+    """One trial: the sampled values as overrides, an ordinary run in OUT/trial-NNNN, each dev
+    evaluation reported (the pruner may stop the run there); the objective: the final dev score."""
+    import optuna
+
+    values = {p.key: trial._suggest(p.key, p.distribution()) for p in params}
+    cfg = load_config(config, [*overrides, *(override(k, v) for k, v in values.items())])
+    run_dir = out / f"trial-{trial.number:04d}"
+    trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("config", to_dict(cfg))
+    evaluations = []
+
+    def on_eval(record: dict) -> None:
+        scores = record.get("dev") or record["probe"]
+        value = scores[key]
+        trial.report(value, len(evaluations))  # steps of the study: evaluation 0, 1, ... (same epochs, same step)
+        evaluations.append({"kind": record["kind"], "step": record["step"], key: value})
+        trial.set_user_attr("dev", record.get("dev") or {})
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at evaluation {len(evaluations) - 1} (training step {record['step']}): "
+                                     f"{key} {value:.4f}")  # fmt: skip
+
+    started = time.time()
+    state = "FAIL"
+    try:
+        scores = train(cfg, run_dir, TrainOptions(overwrite=True, progress=options.progress, on_eval=on_eval))
+        trial.set_user_attr("dev", {k: v for k, v in scores.items() if k != "train_wall_s"})
+        state = "COMPLETE"
+        return scores[key]
+    except optuna.TrialPruned:
+        state = "PRUNED"
+        raise
+    finally:
+        wall = round(time.time() - started, 1)
+        trial.set_user_attr("wall_s", wall)
+        note = {"trial": trial.number, "study": trial.study.study_name, "state": state, "params": values,
+                "evaluations": evaluations, "wall_s": wall}  # fmt: skip
+        if run_dir.is_dir():
+            text = json.dumps(note, indent=2) + "\n"
+            atomic_write(run_dir / "trial.json", lambda tmp: tmp.write_text(text))
+
+
+def _best(study):
+    complete = study.get_trials(deepcopy=False, states=_states("COMPLETE"))
+    return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+
+
+# ---------------------------------------------------------------------------------------
+# What a sweep leaves: trials.csv, best.yaml, pictures
+
+
+def write_tables(study, out: Path, params: list[Param], key: str) -> None:
+    """OUT/trials.csv (every trial: number, state, objective, parameters, dev scores, wall time,
+    run directory) and OUT/best.yaml (the best complete trial's whole config), atomically."""
+    trials = study.get_trials(deepcopy=False)
+    metrics = sorted({m for t in trials for m in t.user_attrs.get("dev", {})})
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["number", "state", key, *params_columns(params), *(f"dev_{m}" for m in metrics), "wall_s",
+                     "baseline", "run_dir"])  # fmt: skip
+    for t in trials:
+        dev = t.user_attrs.get("dev", {})
+        writer.writerow([t.number, t.state.name, "" if t.value is None else t.value,
+                         *(t.params.get(p.key, "") for p in params), *(dev.get(m, "") for m in metrics),
+                         t.user_attrs.get("wall_s", ""), bool(t.user_attrs.get("baseline")),
+                         t.user_attrs.get("run_dir", "")])  # fmt: skip
+    text = buf.getvalue()
+    atomic_write(out / "trials.csv", lambda tmp: tmp.write_text(text))
+    best = _best(study)
+    if best is not None:
+        head = (f"# minbert sweep {study.study_name}: trial {best.number}, dev {key} {best.value:.4f}\n"
+                f"# {', '.join(override(k, v) for k, v in best.params.items())}\n")  # fmt: skip
+        body = yaml.safe_dump(best.user_attrs["config"], sort_keys=False)
+        atomic_write(out / "best.yaml", lambda tmp: tmp.write_text(head + body))
+
+
+def params_columns(params: list[Param]) -> list[str]:
+    return [p.key for p in params]
+
+
+def draw_pictures(study, out: Path) -> list[str]:
+    """OUT/history.png, importances.png, parallel.png (Optuna's matplotlib plots); a picture that
+    cannot be drawn (too few complete trials, one parameter) is said in one line instead."""
+    import warnings
+
+    from minbert.reports.plots import draw_or_explain
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from optuna.visualization import matplotlib as views
+    except ImportError as e:
+        print(f"minbert sweep: no pictures ({e.name} is not installed: pip install 'minbert[plots]')")
+        return []
+    complete = _count(study, ("COMPLETE",))
+    n_params = len({k for t in study.get_trials(deepcopy=False) for k in t.params})
+    plots = {"history.png": (views.plot_optimization_history, complete >= 1),
+             "importances.png": (views.plot_param_importances, complete >= 3 and n_params >= 2),
+             "parallel.png": (views.plot_parallel_coordinate, complete >= 2)}  # fmt: skip
+    written = []
+    for name, (plot, enough) in plots.items():
+        if not enough:
+            print(f"minbert sweep: {name} not drawn ({complete} complete trial(s), {n_params} parameter(s))")
+            continue
+
+        def draw(plot=plot, name=name):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna's "experimental" notices
+                ax = plot(study)
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            fig.set_size_inches(9, 5.5)
+            fig.tight_layout()
+            fig.savefig(out / name, dpi=110)
+            plt.close(fig)
+
+        draw_or_explain(str(out / name), draw)
+        if (out / name).exists():
+            written.append(str(out / name))
+    return written
