@@ -10,18 +10,16 @@ import signal
 from pathlib import Path
 
 import pytest
-from test_run_state import OUTPUTS, without_times
+from test_run_state import assert_same_run
 from test_step_sync import TASKS, ready_run
 
 from minbert.config import load_config
-from minbert.run_files import BEST, LAST, load_checkpoint
 from minbert.tasks.encoding import EncodedTask
 from minbert.training import TrainingStopped, TrainOptions, train
 from minbert.training import loop
 from minbert.training.logs import StepLog
 from minbert.training.op_count import OpCount
 
-import torch
 
 LEVERS = ["model.pair_encoding=cross", "train.swap_pairs=true", "train.rdrop=0.5", "train.log_every_steps=3",
           "train.bucket_batches=1", "train.phases=[{epochs: 2, lr: 1e-3}, {tasks: [sts], epochs: 1, lr: 1e-3}]"]  # fmt: skip
@@ -36,12 +34,7 @@ def config(tiny_checkpoint, small_data_dir, cache: Path, prefetch: bool):
 
 
 def assert_same_files(a: Path, b: Path) -> None:
-    for name in ["metrics.json", "steps.jsonl", *OUTPUTS]:  # config.yaml differs: train.prefetch
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
-    assert without_times(a / "epochs.jsonl") == without_times(b / "epochs.jsonl")
-    for name in (BEST, LAST):
-        wa, wb = load_checkpoint(a / name).model, load_checkpoint(b / name).model
-        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
+    assert_same_run(a, b, logs=("metrics.json", "steps.jsonl"))  # config.yaml differs: train.prefetch
 
 
 @pytest.fixture(scope="module")

@@ -56,9 +56,9 @@ def without_times(epochs_jsonl: Path) -> list[dict]:
             for line in epochs_jsonl.read_text().splitlines()]  # fmt: skip
 
 
-def assert_same_run(a: Path, b: Path) -> None:
-    """Byte-identical results and logs (wall times aside), identical weights."""
-    for name in ["metrics.json", "config.yaml", "steps.jsonl", *OUTPUTS]:
+def assert_same_run(a: Path, b: Path, logs: tuple[str, ...] = ("metrics.json", "config.yaml", "steps.jsonl")) -> None:
+    """Byte-identical results and `logs` (epochs.jsonl: wall times aside), identical weights."""
+    for name in [*logs, *OUTPUTS]:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert without_times(a / "epochs.jsonl") == without_times(b / "epochs.jsonl")
     for name in (BEST, LAST):
