@@ -298,14 +298,8 @@ def reproduce_command(args, overrides: list[str], parser) -> int:
 
 
 def sweep_command(args, overrides: list[str], parser) -> int:
-    try:
-        from minbert.training.sweep import NO_OPTUNA, SweepOptions, sweep
-        import optuna  # noqa: F401 - the extra's presence, checked before any work
-    except ModuleNotFoundError as e:
-        if e.name != "optuna":
-            raise
-        print(f"minbert: error: {NO_OPTUNA}", file=sys.stderr)
-        return 2
+    from minbert.training.sweep import SweepOptions, sweep  # without optuna, sweep() says so (ConfigError: exit 2)
+
     options = SweepOptions(trials=args.trials, storage=args.storage, study_name=args.study_name,
                            objective=args.objective, pruner=args.pruner, resume=args.resume,
                            baseline=not args.no_baseline, heartbeat_s=args.heartbeat_s, sampler_seed=args.seed,

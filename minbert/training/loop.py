@@ -184,10 +184,12 @@ def run_epoch(run: Run, phase: PhaseConfig, schedule: list[str], desc: str) -> d
     return {t: round(state.loss_sums[t] / state.loss_counts[t], 5) for t in sorted(state.loss_sums)}
 
 
-def draw(run: Run, stream, task: str) -> list[int]:
-    """The next global batch of `task` from its stream (every rank draws the same)."""
+def draw(run: Run, stream, task: str) -> tuple[list[int], float]:
+    """This rank's slice of the next global batch of `task` from its stream (every rank draws the
+    same global batch), and the slice's weight (distributed.local_share)."""
     cfg = run.cfg
-    return stream.next_indices(run.data["train"][task], cfg.train.batch_size, cfg.train.seed, cfg.train.bucket_batches)
+    indices = stream.next_indices(run.data["train"][task], cfg.train.batch_size, cfg.train.seed, cfg.train.bucket_batches)
+    return distributed.local_share(indices)
 
 
 def make_prefetcher(run: Run, phase: PhaseConfig, schedule: list[str], start: int) -> Prefetcher | None:
@@ -195,7 +197,7 @@ def make_prefetcher(run: Run, phase: PhaseConfig, schedule: list[str], start: in
     the first one's batch; None where batches are not token batches (MLM, cached vectors)."""
     if not run.cfg.train.prefetch or phase.mode == "mlm" or run.features is not None:
         return None
-    prefetch = Prefetcher(run.streams, schedule, start, lambda stream, task: distributed.local_share(draw(run, stream, task))[0],
+    prefetch = Prefetcher(run.streams, schedule, start, lambda stream, task: draw(run, stream, task)[0],
                           lambda task, indices, step: step_batch(run, task, indices, phase, step), run.device)  # fmt: skip
     prefetch.ahead(run.progress.step)
     return prefetch
@@ -205,8 +207,7 @@ def train_step(run: Run, phase: PhaseConfig, task: str, log: StepLog, prefetch: 
     """One optimizer step on the next global batch of `task` (this rank's slice of it), counted
     and logged; its batch from `prefetch` when that built it ahead, which then starts the next."""
     state, cfg = run.progress, run.cfg
-    # Every rank draws the same global batch and trains on its own slice of it.
-    mine, weight = distributed.local_share(draw(run, run.streams[task], task))
+    mine, weight = draw(run, run.streams[task], task)
     batch = None
     if prefetch is not None:
         batch = prefetch.take(state.step, task, mine)

@@ -354,7 +354,7 @@ def write_tables(study, out: Path, params: list[Param], key: str) -> None:
     metrics = sorted({m for t in trials for m in t.user_attrs.get("dev", {})})
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["number", "state", key, *params_columns(params), *(f"dev_{m}" for m in metrics), "wall_s",
+    writer.writerow(["number", "state", key, *(p.key for p in params), *(f"dev_{m}" for m in metrics), "wall_s",
                      "baseline", "run_dir"])  # fmt: skip
     for t in trials:
         dev = t.user_attrs.get("dev", {})
@@ -370,10 +370,6 @@ def write_tables(study, out: Path, params: list[Param], key: str) -> None:
                 f"# {', '.join(override(k, v) for k, v in best.params.items())}\n")  # fmt: skip
         body = yaml.safe_dump(best.user_attrs["config"], sort_keys=False)
         atomic_write(out / "best.yaml", lambda tmp: tmp.write_text(head + body))
-
-
-def params_columns(params: list[Param]) -> list[str]:
-    return [p.key for p in params]
 
 
 def draw_pictures(study, out: Path) -> list[str]:
