@@ -163,6 +163,19 @@ def test_curve_data_phases_and_a_step_logged_twice(tmp_path):
     assert_png(draw_curves(tmp_path))
 
 
+def test_curves_of_a_run_whose_tasks_are_not_the_builtin_three(tmp_path):
+    # A run of one task from configs/tasks/ (CFIMDB, say): its dev score is drawn under its own name.
+    rows = [{"step": s, "task": "cfimdb", "loss": 0.7 - s / 100, "lr": 1e-3} for s in range(1, 21)]
+    (tmp_path / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    epochs = [{"phase": "cfimdb", "phase_index": 0, "epoch": e, "step": 10 * e,
+               "dev": {"cfimdb": 0.8 + e / 100, "overall": 0.8 + e / 100}, "best": e == 2} for e in (1, 2)]  # fmt: skip
+    (tmp_path / "epochs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    assert [line[0] for line in plots.dev_lines(epochs)] == ["overall", "cfimdb"]
+    assert_png(draw_curves(tmp_path))
+    mixed = [{"dev": {"overall": 0.5, "sts": 0.2, "sst": 0.4, "cfimdb": 0.9}}]
+    assert [line[0] for line in plots.dev_lines(mixed)] == ["overall", "sst", "sts", "cfimdb"]
+
+
 def test_rolling_mean_and_window():
     assert rolling_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2).tolist() == [1.0, 2.0, 4.0, 6.0]
     assert rolling_mean(np.array([2.0, 4.0]), 5).tolist() == [2.0, 3.0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -190,7 +191,7 @@ def draw_curves(run_dir: str | Path, path: str | Path | None = None) -> Path:
 
         fig, (ax_loss, ax_dev) = plt.subplots(1, 2, figsize=(10.5, 5.2), sharex=True, layout="constrained")
         for task, t in c.losses.items():
-            label, color = TASK_STYLE.get(task, (task, None))
+            label, color = TASK_STYLE.get(task, (task, other_task_color(task)))
             ax_loss.plot(*_by_phase(t.steps, t.loss, t.phase), color=color, alpha=0.25, lw=0.8)
             ax_loss.plot(*_by_phase(t.steps, t.smoothed, t.phase), color=color, lw=2.2, label=label)
         ax_loss.set_yscale("log")  # labelled 0.1, 0.2, 0.3, 0.5, 1, 2, ... as plain numbers
@@ -206,10 +207,11 @@ def draw_curves(run_dir: str | Path, path: str | Path | None = None) -> Path:
 
         dev = [r for r in c.epochs if r.get("dev")]
         xs = [r["step"] for r in dev]
-        for key, label, color, marker in DEV_LINES:
+        lines = dev_lines(dev)
+        for key, label, color, marker in lines:
             big = key == "overall"
-            ax_dev.plot(xs, [r["dev"][key] for r in dev], marker=marker, ms=9 if big else 6, color=color, label=label,
-                        lw=3 if big else 1.8)  # fmt: skip
+            ax_dev.plot(xs, [r["dev"].get(key, np.nan) for r in dev], marker=marker, ms=9 if big else 6, color=color,
+                        label=label, lw=3 if big else 1.8)  # fmt: skip
         if c.probes:
             ax_dev.plot([r["step"] for r in c.probes], [r["probe"]["overall"] for r in c.probes], ls="none",
                         marker="D", ms=5, mfc="none", color="black", label="overall, in-epoch dev probe")  # fmt: skip
@@ -218,7 +220,7 @@ def draw_curves(run_dir: str | Path, path: str | Path | None = None) -> Path:
                            label=f"kept checkpoint ({c.best['dev']['overall']:.3f})")  # fmt: skip
         if not dev:
             ax_dev.text(0.5, 0.5, "no dev evaluation logged yet", transform=ax_dev.transAxes, ha="center")
-        low = min([0.0] + [r["dev"][k] for r in dev for k, *_ in DEV_LINES])
+        low = min([0.0] + [r["dev"][k] for r in dev for k, *_ in lines if k in r["dev"]])
         ax_dev.set_ylim(low - 0.02 if low < 0 else 0.0, 1.0)
         ax_dev.set(xlabel="optimizer step" + ("" if c.probes else " (at the epoch's end)"),
                    ylabel="dev score (accuracy, or Pearson r)",
@@ -231,6 +233,22 @@ def draw_curves(run_dir: str | Path, path: str | Path | None = None) -> Path:
         _mark_phases(fig, ax_loss, c.phases)
         _mark_phases(fig, ax_dev, c.phases)
         return save_figure(fig, Path(path) if path else run_dir / CURVES)
+
+
+def dev_lines(dev: list[dict]) -> list[tuple[str, str, str, str]]:
+    """(key, label, colour, marker) of each score in the dev records: overall first, then the
+    built-in tasks' scores in DEV_LINES' styles, then any other task's (a run of the task files
+    in configs/tasks/, say), named by its key."""
+    keys = [k for r in dev for k, v in r["dev"].items() if isinstance(v, (int, float))]
+    known = [line for line in DEV_LINES if line[0] in keys]
+    others = [k for k in dict.fromkeys(keys) if k not in {line[0] for line in DEV_LINES}]
+    return known + [(k, k, other_task_color(k), "ov^<>"[i % 5]) for i, k in enumerate(others)]
+
+
+def other_task_color(task: str) -> str:
+    """A colour for a task outside TASK_STYLE, the same in both panels and in every run."""
+    palette = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:gray")
+    return palette[zlib.crc32(task.encode()) % len(palette)]
 
 
 def _by_phase(x: np.ndarray, y: np.ndarray, phase: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
