@@ -56,9 +56,11 @@ class MultitaskBert(nn.Module):
         pooled as `embed` pools: (N, H)."""
         p = batch.packed
         rows, _ = self.bert(p.input_ids, p.attention, p.token_type_ids, p.position_ids)  # (R, W, H)
+        tokens = rows.flatten(0, 1)  # (R * W, H); index_select: its backward (index_add_) is the fast one
         if self.cfg.pooling == "cls":
-            return self.bert.pooler(rows.flatten(0, 1)[p.unpack[:, :1]])  # [CLS] of each: (N, 1, H) -> (N, H)
-        return mean_pool(rows.flatten(0, 1)[p.unpack], batch.attention_mask)  # (N, T, H) -> (N, H)
+            return self.bert.pooler(tokens.index_select(0, p.unpack[:, 0]).unsqueeze(1))  # [CLS] of each: (N, 1, H) -> (N, H)
+        N, T = p.unpack.shape
+        return mean_pool(tokens.index_select(0, p.unpack.flatten()).view(N, T, -1), batch.attention_mask)  # (N, T, H) -> (N, H)
 
     @staticmethod
     def split(vectors: torch.Tensor, siamese: bool) -> tuple[torch.Tensor, ...]:
