@@ -20,7 +20,9 @@ load changes within seconds); ms/step is the median over blocks, the ratio the m
 rounds' ratios. A minbert block is one run_epoch, which flushes its step log at its end (a
 flush per block: more often than a run's train.log_every_steps). Then COUNTED steps per side
 under `minbert.training.op_count.OpCount`: ATen operators, syncs (aten._local_scalar_dense) and
-device-to-host copies per step, the sites of the syncs, and what one log flush adds; and one
+device-to-host copies per step, the sites of the syncs, and what one log flush adds; the
+padding: the share of the token slots each side's encoder computes that are padding, over
+COUNTED further steps' batches (built only); and one
 block per side under torch.profiler for the time inside matmul kernels (aten mm, addmm, bmm:
 the same FLOPs on both sides), which at 1 CPU thread is not negligible: "rest" is the median
 ms/step less that, the host's part and the non-matmul kernels.
@@ -55,7 +57,7 @@ from minbert.model import BertConfig
 from minbert.runs import build_model, encode_all, read_all
 from minbert.training.logs import StepLog
 from minbert.config import load_config, to_dict
-from minbert.training.loop import lr_lambda, make_optimizer, make_prefetcher, run_epoch, train_step
+from minbert.training.loop import draw, lr_lambda, make_optimizer, make_prefetcher, run_epoch, step_batch, train_step
 from minbert.training.op_count import OpCount
 from minbert.tokenizer import WordPieceTokenizer
 from minbert.training.state import Run, TaskStream, set_seed
@@ -113,6 +115,16 @@ class Minbert:
             log.flush()
         return steps, flush
 
+    def padding(self, n: int) -> float:
+        """The share of the token slots the encoder computes that are padding, over the next n
+        steps' batches (built, not trained on): padded rows, or packed ones with train.packing."""
+        slots = tokens = 0
+        for step, task in enumerate(schedule(n)):
+            batch = step_batch(self.run, task, draw(self.run, self.run.streams[task], task)[0], self.phase, step)
+            slots += (batch.packed.input_ids if batch.packed is not None else batch.input_ids).numel()
+            tokens += int(batch.attention_mask.sum())
+        return 1 - tokens / slots
+
 
 class Reference:
     """hf_reference.py's step at the same size; batches padded from ids tokenised up front."""
@@ -148,6 +160,16 @@ class Reference:
         with OpCount() as steps:
             self.block(n)
         return steps, None
+
+    def padding(self, n: int) -> float:
+        """As Minbert.padding: each pair side is padded (and encoded) on its own."""
+        slots = tokens = 0
+        for task in schedule(n):
+            rows = self.batches[task].next()
+            for s in range(len(self.train[task][0].texts)):
+                mask = self.tokenizer.pad([self.encoded[task][i][s] for i in rows], return_tensors="pt")["attention_mask"]
+                slots, tokens = slots + mask.numel(), tokens + int(mask.sum())
+        return 1 - tokens / slots
 
     def tokenizer_ms(self, n: int) -> float:
         """ms per step of the tokenising the reference loop does per batch (hf_reference.tokenize)."""
@@ -211,13 +233,14 @@ def main() -> None:
         counts = {s.name: s.counted(COUNTED) for s in sides}
         matmuls = {s.name: matmul_ms(s, args.block) for s in sides}
         tok_ms = sides[1].tokenizer_ms(args.block)
+        padding = {s.name: s.padding(COUNTED) for s in sides}
     if args.lever:
         print(f"lever: minbert with {' '.join(args.lever)}")
     print(f"{cpu_name()}; 1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
-    report(args, train, times, counts, matmuls, tok_ms)
+    report(args, train, times, counts, matmuls, tok_ms, padding)
 
 
-def report(args, train: dict, times: dict, counts: dict, matmuls: dict, tok_ms: float) -> None:
+def report(args, train: dict, times: dict, counts: dict, matmuls: dict, tok_ms: float, padding: dict) -> None:
     n = COUNTED
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} thread")
     print(f"tiny encoder {TINY}, batch {args.batch_size}, round-robin {'/'.join(TASK_ORDER)}, examples of "
@@ -226,13 +249,13 @@ def report(args, train: dict, times: dict, counts: dict, matmuls: dict, tok_ms: 
           f"over blocks; matmul: ms/step in matmul kernels (torch.profiler), rest: ms/step less matmul; "
           f"operators, syncs, copies: per step over {n} steps")  # fmt: skip
     print(f"{'side':<10} {'ms/step':>22} {'matmul':>7} {'rest':>6} {'ATen ops/step':>14} {'syncs/step':>11} "
-          f"{'to-host/step':>13}")  # fmt: skip
+          f"{'to-host/step':>13} {'padding':>8}")  # fmt: skip
     rest = {name: statistics.median(ms) - matmuls[name] for name, ms in times.items()}
     for name, ms in times.items():
         steps = counts[name][0]
         spread = f"{statistics.median(ms):.2f} ({min(ms):.2f}-{max(ms):.2f})"
         print(f"{name:<10} {spread:>22} {matmuls[name]:>7.2f} {rest[name]:>6.2f} {steps.total / n:>14.1f} "
-              f"{steps.syncs / n:>11.2f} {steps.to_host / n:>13.2f}")  # fmt: skip
+              f"{steps.syncs / n:>11.2f} {steps.to_host / n:>13.2f} {padding[name]:>8.1%}")  # fmt: skip
     (mine, flush), (ref, _) = counts["minbert"], counts["reference"]
     ms_ratio = statistics.median(times["minbert"]) / statistics.median(times["reference"])
     round_ratios = [a / b for a, b in zip(times["minbert"], times["reference"])]

@@ -117,6 +117,13 @@ class TrainConfig:
     # Build (on a GPU: copy, from pinned memory) the next step's batch in a worker thread while
     # the current step runs; the same batches and results as without (training/prefetch.py).
     prefetch: bool = False
+    # Packed training batches: each step's sequences (both sides of siamese pairs, R-Drop's
+    # copies) laid end to end in rows of pack_length tokens (null: the batch's longest sequence;
+    # a row is never shorter than that), each sequence attending to itself only, with positions
+    # from its own start, and pooled alone: the same vectors as padded batches, up to float
+    # rounding, with padding only at row ends. Dev evaluation and prediction stay padded.
+    packing: bool = False
+    pack_length: int | None = None  # 1-4096 tokens a row; set only with packing
     # last.safetensors is written at each epoch's end and, within epochs, every N steps and/or
     # every M minutes (None turns either off): a crash loses minutes, not an epoch.
     checkpoint_every_steps: int | None = None
@@ -269,6 +276,7 @@ RULES: dict[str, Rule] = {
     "train.ddp_timeout_s": POSITIVE,
     "train.eval_subset": Rule(test=lambda v: v >= 2, words=">= 2, for a correlation"),
     "train.bucket_batches": AT_LEAST_1,
+    "train.pack_length": Rule(test=lambda v: 1 <= v <= 4096, words="1 <= value <= 4096"),  # attention is (rows, W, W)
     "train.rdrop": FINITE_NON_NEGATIVE,
     "train.distill_weight": Rule(test=lambda v: 0 <= v <= 1, words="0 <= value <= 1"),
     "train.sts_loss": one_of(*LOSSES["regression"]),
@@ -338,6 +346,9 @@ def validate(cfg: RunConfig) -> None:
     if cfg.model.long_text == "chunks" and cfg.model.stride >= cfg.model.max_length - 2:
         raise ConfigError(f"model.stride: {cfg.model.stride} must be below model.max_length - 2 "
                           f"({cfg.model.max_length - 2}, the text tokens of a window) for model.long_text 'chunks'")  # fmt: skip
+    if cfg.train.pack_length is not None and not cfg.train.packing:
+        raise ConfigError(f"train.pack_length: {cfg.train.pack_length} is set but train.packing is false "
+                          "(set train.packing=true, or leave pack_length null)")  # fmt: skip
     if cfg.model.similarity_head == "cosine" and cfg.model.pair_encoding == "cross":
         raise ConfigError("model.similarity_head 'cosine' needs model.pair_encoding 'siamese'")
 

@@ -123,12 +123,15 @@ class Embeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # Positions count from each row's start, or (packed rows) from each sequence's: position_ids.
         T = input_ids.shape[1]
-        positions = torch.arange(T, device=input_ids.device)  # (T,)
+        positions = torch.arange(T, device=input_ids.device) if position_ids is None else position_ids  # (T,) or (B, T)
         x = (
             self.word_embeddings(input_ids)  # (B, T, H)
-            + self.position_embeddings(positions)  # (T, H), broadcast over B
+            + self.position_embeddings(positions)  # (T, H) broadcast over B, or (B, T, H)
             + self.token_type_embeddings(token_type_ids)  # (B, T, H)
         )
         return self.dropout(self.LayerNorm(x))
@@ -153,7 +156,8 @@ class SelfAttention(nn.Module):
             return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, T, d)
 
         q, k, v = split_heads(self.query(x)), split_heads(self.key(x)), split_heads(self.value(x))
-        # attn_mask: (B, 1, 1, T), boolean (True where a key may be attended to) or additive.
+        # attn_mask: (B, 1, 1, T) or, packed rows, (B, 1, T, T); boolean (True where a key may be
+        # attended to) or additive.
         if torch.onnx.is_in_onnx_export() or (self.training and self.dropout_p > 0 and x.device.type == "cpu"):
             # Written out for export (SDPA's exported form ran slower in onnxruntime, int8 above
             # all: docs/RESULTS.md), and for CPU training, where SDPA with dropout computes the
@@ -247,11 +251,15 @@ class BertModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`attention_mask` (1 at tokens, 0 at padding) is applied whenever given: a caller with
         a batch without padding passes None, which lets SDPA pick its fastest kernel. The caller
         knows from its sequence lengths, on the host; finding out here would read the mask back
-        from the device and make the host wait for it at every forward."""
+        from the device and make the host wait for it at every forward.
+        Packed rows (several sequences end to end) pass a (B, T, T) boolean mask, True where query
+        i may attend to key j (both in one sequence), and `position_ids` (B, T) restarting at
+        each sequence; the pooled output is then of each row's first sequence only."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         # A (B, 1, 1, T) boolean mask broadcasts over heads and query positions. An exported
@@ -260,9 +268,11 @@ class BertModel(nn.Module):
         attn_mask = None
         if attention_mask is not None and torch.onnx.is_in_onnx_export():
             attn_mask = (1.0 - attention_mask.unsqueeze(1).unsqueeze(2).float()) * torch.finfo(torch.float32).min
+        elif attention_mask is not None and attention_mask.dim() == 3:
+            attn_mask = attention_mask[:, None]  # (B, 1, T, T): per query, broadcast over heads
         elif attention_mask is not None:
             attn_mask = attention_mask.bool()[:, None, None, :]
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, H)
         x = self.encoder(x, attn_mask)  # (B, T, H)
         return x, self.pooler(x)
 

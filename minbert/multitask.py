@@ -45,8 +45,22 @@ class MultitaskBert(nn.Module):
 
     def embed(self, batch: Batch) -> torch.Tensor:
         """One vector per input sequence: (N, H)."""
+        if batch.packed is not None:
+            return self.embed_packed(batch)
         hidden, pooled = self.bert(batch.input_ids, batch.encoder_mask, batch.token_type_ids)
         return pooled if self.cfg.pooling == "cls" else mean_pool(hidden, batch.attention_mask)
+
+    def embed_packed(self, batch: Batch) -> torch.Tensor:
+        """`embed` of a packed batch: the encoder over the rows, then each sequence's token
+        vectors gathered back into a padded row of its own (only [CLS], for CLS pooling) and
+        pooled as `embed` pools: (N, H)."""
+        p = batch.packed
+        rows, _ = self.bert(p.input_ids, p.attention, p.token_type_ids, p.position_ids)  # (R, W, H)
+        tokens = rows.flatten(0, 1)  # (R * W, H); index_select: its backward (index_add_) is the fast one
+        if self.cfg.pooling == "cls":
+            return self.bert.pooler(tokens.index_select(0, p.unpack[:, 0]).unsqueeze(1))  # [CLS] of each: (N, 1, H) -> (N, H)
+        N, T = p.unpack.shape
+        return mean_pool(tokens.index_select(0, p.unpack.flatten()).view(N, T, -1), batch.attention_mask)  # (N, T, H) -> (N, H)
 
     @staticmethod
     def split(vectors: torch.Tensor, siamese: bool) -> tuple[torch.Tensor, ...]:

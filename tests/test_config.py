@@ -69,6 +69,7 @@ OUT_OF_RANGE = {
     "train.checkpoint_every_steps": ["0", "-5"],
     "train.checkpoint_every_minutes": ["0", "-1", "nan", "inf"],
     "train.log_every_steps": ["0"],
+    "train.pack_length": ["0", "4097"],
     "train.ddp_timeout_s": ["0", "-5", "nan", "inf"],
     "train.eval_subset": ["1", "0"],
     "train.bucket_batches": ["0"],

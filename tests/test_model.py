@@ -128,6 +128,32 @@ def test_training_attention_is_sdpa_with_dropout(tiny_checkpoint, monkeypatch):
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("path", ["sdpa", "written-out"])
+def test_a_packed_row_equals_its_sequences_alone(tiny_checkpoint, monkeypatch, path):
+    """Two sequences end to end in one row and a padding tail, with a (1, T, T) mask of who may
+    attend to whom and positions restarting at the second: each token's vector is the one it
+    has when its sequence is alone; on SDPA's path and on the written-out one of CPU training."""
+    model = load_pretrained(tiny_checkpoint).eval()
+    a, b = [101, 2023, 2003, 1037, 102], [101, 3231, 102]
+    row = torch.tensor([a + b + [0, 0]])
+    segments = torch.tensor([[0] * 5 + [1] * 3 + [2] * 2])
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1]])
+    if path == "written-out":
+        monkeypatch.setattr(model_module, "dropout", lambda x, p, training: x)
+        for module in model.modules():
+            if isinstance(module, model_module.Dropout):
+                module.p = 0.0
+        model.train()
+    with torch.no_grad():
+        alone = [model(torch.tensor([s]))[0][0] for s in (a, b)]
+        packed = model(row, segments[:, :, None] == segments[:, None, :], None, positions)[0][0]  # (T, H)
+        torch.testing.assert_close(packed[:5], alone[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(packed[5:8], alone[1], atol=1e-5, rtol=0)
+        assert not packed.isnan().any()  # the padding tail attends to itself
+        leaky = model(row, torch.ones(1, 10, 10, dtype=torch.bool), None, positions)[0][0]
+        assert (leaky[5:8] - alone[1]).abs().max() > 1e-3  # the mask is what keeps them apart
+
+
 def test_mean_pool_ignores_padding():
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     mask = torch.tensor([[1, 1, 0]])

@@ -273,6 +273,92 @@ def has_padding(seqs: Sequence[Sequence[int]]) -> bool:
     return len({len(s) for s in seqs}) > 1
 
 
+def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """Which sequences share a row of `width` tokens: first-fit decreasing (longest first, each
+    into the first row with room for it, else a new row), so rows are few and padding sits only
+    at row ends. Every length must be at most `width`. Deterministic: ties keep input order."""
+    rows: list[list[int]] = []
+    room: list[int] = []  # free tokens left in each row
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r, free in enumerate(room) if free >= lengths[i]), len(rows))
+        if r == len(rows):
+            rows.append([])
+            room.append(width)
+        rows[r].append(i)
+        room[r] -= lengths[i]
+    return rows
+
+
+@dataclass
+class Packed:
+    """Sequences laid end to end in rows (`pack_batch`), as the encoder takes them, and the way
+    back to one padded row per sequence. Every tensor is indexed on the host's lengths: reading
+    none of them back from a device is needed to build, move or use it."""
+
+    input_ids: torch.Tensor  # (R, W): R rows of W tokens, padding at row ends only
+    token_type_ids: torch.Tensor | None  # (R, W) for cross-encoded pairs
+    position_ids: torch.Tensor  # (R, W): 0, 1, ... from each sequence's first token
+    segments: torch.Tensor  # (R, W): the sequence each token belongs to (a row's padding: one of its own)
+    unpack: torch.Tensor  # (N, T): position in the flattened (R * W) rows of sequence n's token t
+
+    @property
+    def attention(self) -> torch.Tensor:
+        """(R, W, W) boolean: query i may attend to key j where both lie in one sequence."""
+        return self.segments[:, :, None] == self.segments[:, None, :]
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.input_ids, self.token_type_ids, self.position_ids, self.segments, self.unpack) if t is not None]
+
+    def to(self, move: Callable[[torch.Tensor | None], torch.Tensor | None]) -> "Packed":
+        return Packed(*(move(t) for t in (self.input_ids, self.token_type_ids, self.position_ids, self.segments, self.unpack)))
+
+
+def pack_batch(
+    seqs: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None, pad_id: int, width: int
+) -> Packed:
+    """The sequences (and their segment ids, for cross-encoded pairs) packed into rows of
+    max(width, longest) tokens by `pack_rows`. Whole tensors, as in `pad_batch`: each token's
+    place in the rows computed from the lengths, then every token written there in one copy."""
+    lengths = [len(s) for s in seqs]
+    T = max(lengths)
+    W = max(width, T)
+    rows = pack_rows(lengths, W)
+    starts = [0] * len(seqs)  # each sequence's first token in the flattened rows
+    for r, row in enumerate(rows):
+        offset = r * W
+        for i in row:
+            starts[i], offset = offset, offset + lengths[i]
+    N, R = len(seqs), len(rows)
+    length = torch.tensor(lengths)
+    t = torch.arange(T)
+    mask = t < length[:, None]  # (N, T), as pad_batch's
+    place = torch.tensor(starts)[:, None] + t  # (N, T): where token t of sequence n goes
+    dest = place[mask]  # (tokens,), in the order of the chained sequences
+
+    def scatter(fill: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        fill[dest] = values
+        return fill.view(R, W)
+
+    chain = itertools.chain.from_iterable
+    ids = scatter(torch.full((R * W,), pad_id, dtype=torch.long), torch.tensor(list(chain(seqs)), dtype=torch.long))
+    token_types = None
+    if types is not None:
+        token_types = scatter(torch.zeros(R * W, dtype=torch.long), torch.tensor(list(chain(types)), dtype=torch.long))
+    positions = scatter(torch.zeros(R * W, dtype=torch.long), t.expand(N, T)[mask])
+    own_padding = torch.arange(R).repeat_interleave(W) + N  # a row's padding: segment N + r
+    segments = scatter(own_padding, torch.arange(N).repeat_interleave(length))
+    unpack = torch.tensor(starts)[:, None] + torch.minimum(t, length[:, None] - 1)  # padding: the last token (unread)
+    return Packed(ids, token_types, positions, segments, unpack)
+
+
+def padding_fraction(lengths: Sequence[int], width: int | None = None) -> float:
+    """The share of token slots that are padding: in one padded row per sequence (width None),
+    or in rows packed by `pack_rows` at max(width, longest) tokens."""
+    T = max(lengths)
+    slots = len(lengths) * T if width is None else len(pack_rows(lengths, max(width, T))) * max(width, T)
+    return 1 - sum(lengths) / slots
+
+
 def length_bucketed_batches(
     lengths: Sequence[int], batch_size: int, rng: random.Random, bucket_batches: int = 50
 ) -> list[list[int]]:

@@ -8,6 +8,11 @@ Long texts (`stride` given, single-text tasks only): a text longer than max_leng
 several rows, its overlapping windows (`WordPieceTokenizer.encode_windows`). Rows are what
 batches hold and `len()` counts; `owner` maps a row to its example, whose label it carries, and
 `mean_over_windows` turns the rows' head outputs back into one per example. Pairs keep truncation.
+
+Packed batches (`batch(..., pack=W)`, train.packing): the batch's sequences also laid end to end
+in rows of at least W tokens (`data.pack_batch`), which the encoder reads instead of the padded
+rows; each sequence attends to itself only and is pooled alone, so the heads see the vectors
+the padded batch gives, up to float rounding (tests/tasks/test_packing.py).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minbert.tasks.data import Example, has_padding, pad_batch
+from minbert.tasks.data import Example, Packed, has_padding, pack_batch, pad_batch
 from minbert.tasks.spec import TaskSpec
 from minbert.tokenizer import WordPieceTokenizer
 
@@ -30,6 +35,7 @@ class Batch:
     labels: torch.Tensor | None  # (B,) or (B, ...) when labelled
     indices: list[int]  # positions of the examples in their EncodedTask
     padded: bool = True  # some sequence is shorter than T (known on the host, from the lengths)
+    packed: Packed | None = None  # the same sequences packed in rows, which the encoder then reads
 
     @property
     def encoder_mask(self) -> torch.Tensor | None:
@@ -44,8 +50,13 @@ class Batch:
                 return None
             return (t.pin_memory() if pin else t).to(device, non_blocking=True)
 
-        return Batch(move(self.input_ids), move(self.attention_mask), move(self.token_type_ids),
-                     self.siamese, move(self.labels), self.indices, self.padded)  # fmt: skip
+        return Batch(move(self.input_ids), move(self.attention_mask), move(self.token_type_ids), self.siamese,
+                     move(self.labels), self.indices, self.padded, self.packed and self.packed.to(move))  # fmt: skip
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the batch holds (for a side stream's record_stream)."""
+        held = [self.input_ids, self.attention_mask, self.token_type_ids, self.labels]
+        return [t for t in held if t is not None] + (self.packed.tensors() if self.packed is not None else [])
 
 
 class EncodedTask:
@@ -129,9 +140,10 @@ class EncodedTask:
         input_ids, mask = pad_batch(seqs, self.pad_id)
         return Batch(input_ids, mask, self._token_types(indices), False, None, indices, has_padding(seqs))
 
-    def batch(self, indices: list[int], swap: list[bool] | None = None) -> Batch:
+    def batch(self, indices: list[int], swap: list[bool] | None = None, pack: int | None = None) -> Batch:
         """The examples at `indices`, padded; `swap` (cross-encoded pairs): which pairs to encode
-        in the other order, [CLS] b [SEP] a [SEP]."""
+        in the other order, [CLS] b [SEP] a [SEP]; `pack`: also packed in rows of max(pack,
+        longest sequence) tokens, for the encoder (None: not packed)."""
         if swap is not None and not self.cross:
             raise ValueError(f"{self.spec.name}: only cross-encoded pairs can be swapped")
         if swap is None:
@@ -141,4 +153,8 @@ class EncodedTask:
         input_ids, mask = pad_batch(seqs, self.pad_id)
         token_type_ids = self._token_types(indices, swap)
         labels = self.labels[self.examples_of(indices)] if self.labels is not None else None
-        return Batch(input_ids, mask, token_type_ids, self.siamese, labels, indices, has_padding(seqs))
+        packed = None
+        if pack is not None:
+            types = None if self.types is None else [self._pick(1, i, s) for i, s in zip(indices, swap or [False] * len(indices))]
+            packed = pack_batch(seqs, types, self.pad_id, pack)
+        return Batch(input_ids, mask, token_type_ids, self.siamese, labels, indices, has_padding(seqs), packed)

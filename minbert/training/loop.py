@@ -232,7 +232,8 @@ def uses_rdrop(run: Run, task: str, phase: PhaseConfig) -> bool:
 
 def step_batch(run: Run, task: str, indices: list[int], phase: PhaseConfig, step: int) -> Batch:
     """The token batch of `task`'s examples at `indices` for step `step`, on the device: each
-    cross-encoded pair swapped by its coin where configured, the batch doubled for R-Drop. Reads
+    cross-encoded pair swapped by its coin where configured, the batch doubled for R-Drop,
+    packed with train.packing. Reads
     no tensor: a prefetcher may build it ahead, in another thread."""
     cfg, data = run.cfg, run.data["train"][task]
     swap = None
@@ -240,7 +241,8 @@ def step_batch(run: Run, task: str, indices: list[int], phase: PhaseConfig, step
         swap = [random.Random(f"{cfg.train.seed}/swap/{step}/{i}").random() < 0.5 for i in indices]
     rdrop = uses_rdrop(run, task, phase)
     rows = indices + indices if rdrop else indices  # R-Drop: the batch twice, two dropout masks
-    return data.batch(rows, swap + swap if rdrop and swap else swap).to(run.device)
+    pack = (cfg.train.pack_length or 0) if cfg.train.packing else None  # 0: rows as long as the longest sequence
+    return data.batch(rows, swap + swap if rdrop and swap else swap, pack).to(run.device)
 
 
 def step_loss(run: Run, task: str, indices: list[int], phase: PhaseConfig, batch: Batch | None = None) -> torch.Tensor:

@@ -74,9 +74,8 @@ class Prefetcher:
         if self.copy_stream is not None:
             current = torch.cuda.current_stream(self.copy_stream.device)
             current.wait_stream(self.copy_stream)
-            for t in (batch.input_ids, batch.attention_mask, batch.token_type_ids, batch.labels):
-                if t is not None:
-                    t.record_stream(current)
+            for t in batch.tensors():
+                t.record_stream(current)
         return batch
 
     def close(self) -> None:

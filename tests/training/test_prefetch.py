@@ -1,7 +1,7 @@
 """train.prefetch (training/prefetch.py): the next step's batch built in a worker thread gives the
 same batches, so the same run, byte for byte, as building it in the step; also across a stop
 and a resume mid-epoch, with swapped pairs and R-Drop (the batch depends on the step and doubles);
-and a prefetched step is still free of syncs."""
+and a prefetched step is still free of syncs; and packed batches (train.packing) likewise."""
 
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ LEVERS = ["model.pair_encoding=cross", "train.swap_pairs=true", "train.rdrop=0.5
 STOP_AT = 9  # a step inside the first epoch (12 steps of batch 8 over 48 rows, 3 tasks)
 
 
-def config(tiny_checkpoint, small_data_dir, cache: Path, prefetch: bool):
+def config(tiny_checkpoint, small_data_dir, cache: Path, prefetch: bool, *extra: str):
     return load_config(None, [
         f"model.checkpoint={tiny_checkpoint}", f"data.dir={small_data_dir}", f"data.cache_dir={cache}",
         "train.batch_size=8", "train.eval_batch_size=16", "train.threads=1", *LEVERS,
-        f"train.prefetch={str(prefetch).lower()}"])  # fmt: skip
+        f"train.prefetch={str(prefetch).lower()}", *extra])  # fmt: skip
 
 
 def assert_same_files(a: Path, b: Path) -> None:
@@ -61,6 +61,28 @@ def test_a_prefetched_run_is_the_same_run(unprefetched, tiny_checkpoint, small_d
     assert_same_files(unprefetched, out)
     # Training batches came from the worker thread (evaluation batches from the main one).
     assert sum(name.startswith("minbert-prefetch") for name in built) >= 12 * 2 + 6
+
+
+def test_a_packed_run_is_the_same_run_prefetched(tiny_checkpoint, small_data_dir, monkeypatch, tmp_path):
+    """train.packing end to end (the recipe, evaluation, predictions), its packed batches built
+    in the step or ahead in the worker thread: the same run."""
+    built = []
+    build = EncodedTask.batch
+
+    def recording(self, *args, **kwargs):
+        batch = build(self, *args, **kwargs)
+        built.append(batch.packed is not None)
+        return batch
+
+    monkeypatch.setattr(EncodedTask, "batch", recording)
+    runs = []
+    for prefetch in (False, True):
+        runs.append(tmp_path / f"run-{prefetch}")
+        train(config(tiny_checkpoint, small_data_dir, tmp_path / "cache", prefetch, "train.packing=true"), runs[-1],
+              TrainOptions(progress=False))  # fmt: skip
+    monkeypatch.undo()
+    assert_same_files(*runs)
+    assert sum(built) == 2 * (18 * 2 + 6) and not all(built)  # each run: 2 epochs of 18 steps, 6 of sts; evaluation padded
 
 
 def test_a_prefetched_run_stopped_mid_epoch_resumes_to_the_same_files(unprefetched, tiny_checkpoint, small_data_dir,

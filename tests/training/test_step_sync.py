@@ -1,7 +1,8 @@
 """A training step between two logging points never makes the host wait for the device: no
 `aten._local_scalar_dense` (what `.item()`, `float(t)`, `bool(t)` call) and no device-to-host
 copy, counted at the dispatcher by `OpCount` (minbert/training/op_count.py) around
-`loop.train_step`, for every task, with padded batches, siamese and cross-encoded pairs.
+`loop.train_step`, for every task, with padded batches, siamese and cross-encoded pairs, padded
+and packed (train.packing).
 
 On a CPU-only machine every tensor is on the CPU, so the device-to-host part is trivially
 zero there; with CUDA available the same steps run again on the GPU, where it is not. The
@@ -17,7 +18,7 @@ import torch
 
 from minbert.config import load_config
 from minbert.runs import build_model, encode_all, read_all
-from minbert.tasks.encoding import EncodedTask
+from minbert.tasks.encoding import Batch, EncodedTask
 from minbert.training.logs import StepLog
 from minbert.training.loop import lr_lambda, make_optimizer, train_step
 from minbert.training.op_count import OpCount
@@ -33,6 +34,7 @@ PAIRS = {
     "cross": ["model.pair_encoding=cross", "model.pooling=mean", "train.swap_pairs=true", "train.rdrop=0.5",
               "train.sts_loss=mse+cosent"],
 }  # fmt: skip
+PAIRS.update({f"{name}-packed": [*extra, "train.packing=true"] for name, extra in list(PAIRS.items())})  # packed batches too
 
 
 def ready_run(tiny_checkpoint, small_data_dir, extra: list[str], device: str, out_dir: Path) -> Run:
@@ -54,33 +56,34 @@ def ready_run(tiny_checkpoint, small_data_dir, extra: list[str], device: str, ou
 
 
 @pytest.fixture
-def batch_masks(monkeypatch) -> list[torch.Tensor]:
-    """The attention mask of every batch EncodedTask.batch builds (looked at after counting)."""
-    masks: list[torch.Tensor] = []
+def batches(monkeypatch) -> list[Batch]:
+    """Every batch EncodedTask.batch builds (looked at after counting)."""
+    built: list[Batch] = []
     build = EncodedTask.batch
 
     def recording(self, *args, **kwargs):
         batch = build(self, *args, **kwargs)
-        masks.append(batch.attention_mask)
+        built.append(batch)
         return batch
 
     monkeypatch.setattr(EncodedTask, "batch", recording)
-    return masks
+    return built
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("pairs", sorted(PAIRS))
-def test_a_training_step_does_not_sync(pairs, device, tiny_checkpoint, small_data_dir, batch_masks, tmp_path):
+def test_a_training_step_does_not_sync(pairs, device, tiny_checkpoint, small_data_dir, batches, tmp_path):
     run = ready_run(tiny_checkpoint, small_data_dir, PAIRS[pairs], device, tmp_path)
     phase, log = run.cfg.train.phases[0], StepLog(run)
     for task in TASKS:  # warm-up: optimizer state, first-use caches
         train_step(run, phase, task, log)
-    del batch_masks[:]
+    del batches[:]
     with OpCount() as count:
         for i in range(COUNTED_STEPS):
             train_step(run, phase, TASKS[i % len(TASKS)], log)
     assert count.total > 0, "the counting mode saw no operators"
-    assert sum(bool((m == 0).any()) for m in batch_masks) >= 2, "the counted steps need padded batches"
+    assert sum(bool((b.attention_mask == 0).any()) for b in batches) >= 2, "the counted steps need padded batches"
+    assert all((b.packed is not None) == pairs.endswith("-packed") for b in batches)
     assert count.syncs == 0, f"{count.syncs} syncs in {COUNTED_STEPS} steps: {dict(count.sites)}"
     assert count.to_host == 0, f"{count.to_host} device-to-host copies in {COUNTED_STEPS} steps: {dict(count.sites)}"
     log.flush()  # at a log point the losses come back, once
