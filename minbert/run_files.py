@@ -70,6 +70,10 @@ class Progress:
     log_bytes: dict[str, int] = field(default_factory=dict)  # size of each log when saved
     elapsed_s: float = 0.0  # training time before the current process
     probe_due: bool = False  # stopped (by a signal) in the probe after `step`: a resumed run probes first
+    # train.early_stopping: dev evaluations in a row without an improvement beyond min_delta, and
+    # once they reach the patience, why and where training stopped (the run then only finishes).
+    evals_without_improvement: int = 0
+    stopped_early: dict | None = None
 
     def start_epoch(self) -> None:
         self.step_in_epoch, self.loss_sums, self.loss_counts = 0, {}, {}
