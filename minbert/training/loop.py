@@ -1,6 +1,10 @@
 """The training loop: a phase (its optimizer, schedule and epochs), an epoch (sampled task
 batches, one optimizer step each, checkpoints when due), and one step's loss.
 
+A step's batch is train.grad_accum_steps micro-batches of train.batch_size, their gradients
+summed before the step (clipped to train.max_grad_norm where set); train.early_stopping ends
+the training when the dev evaluations stop improving (probes.count_patience).
+
 A phase's epochs are lists of task names (training/samplers.py); each step draws the next batch
 of that task's stream (state.TaskStream). Dev scores at each epoch's end decide best.safetensors
 (probes.keep_if_best); last.safetensors is written at each epoch's end and when the timer says.

@@ -37,7 +37,7 @@ from minbert.training.stopping import EvalCallbackStop, Stopper, TrainingStopped
 
 LOGS = ("steps.jsonl", "epochs.jsonl", "evals.jsonl")
 # data.json: the fingerprints of the data files the run reads now. events.jsonl: what happened to
-# the run beside its steps (data that changed and was accepted); never cut back on resume.
+# the run beside its steps (data that changed and was accepted; early stopping); never cut back on resume.
 DATA_FILE, EVENTS = "data.json", "events.jsonl"
 # Keys that may change when a run is resumed: they decide when files are written (and how
 # many threads compute), or whether changed data is accepted, not what is computed.
