@@ -67,6 +67,9 @@ def test_a_probe_stops_training_inside_an_epoch(tiny_checkpoint, small_data_dir,
     # Resumed, a run that stopped early only finishes: nothing more is trained.
     train(cfg, out, TrainOptions(progress=False, resume=True))
     assert len(lines(out / "steps.jsonl")) == 15
+    # Nor is it continued as if its phases had all run.
+    with pytest.raises(ValueError, match=r"stopped early \(train.early_stopping, after step 15\)"):
+        train(cfg, tmp_path / "next", TrainOptions(progress=False, init_from=out))
 
 
 def test_the_count_survives_a_resume(tiny_checkpoint, small_data_dir, tmp_path):
