@@ -20,7 +20,7 @@ from minbert.config import ConfigError
 class StepLog:
     """Per-step losses (and, with train.max_grad_norm, gradient norms), kept on the device and
     written in batches (one host sync per flush, not per step). A flush stops the run at the
-    first non-finite loss and adds the losses to the epoch's sums in `progress`."""
+    first non-finite loss (or gradient norm) and adds the losses to the epoch's sums in `progress`."""
 
     def __init__(self, run):
         """`run`: the training.state.Run it logs for (its progress, directory, TensorBoard log)."""
@@ -48,6 +48,8 @@ class StepLog:
         for (step, task, _, _), v in zip(self.pending, values):
             if not math.isfinite(v):
                 raise self.run.diverged(f"the {task} loss at step {step} is {v}")
+            if not math.isfinite(norms.get(step, 0.0)):
+                raise self.run.diverged(f"the gradient norm at step {step} ({task}) is {norms[step]}")
         lines = []
         for (step, task, _, lr), v in zip(self.pending, values):
             self.progress.loss_sums[task] = self.progress.loss_sums.get(task, 0.0) + v

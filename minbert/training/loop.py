@@ -190,6 +190,7 @@ def run_epoch(run: Run, phase: PhaseConfig, schedule: list[str], desc: str) -> d
         log.flush()  # the steps done are logged before last.safetensors records the logs' sizes
         raise
     finally:
+        steps.close()  # also when a probe stopped the epoch early
         if prefetch is not None:
             prefetch.close()
     log.flush()

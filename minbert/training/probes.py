@@ -71,7 +71,7 @@ def probe(run, phase: PhaseConfig) -> None:
         if better:
             state.best_probe, record["dev"] = scores["overall"], dev
             keep_if_best(run, record)
-        else:  # not better than an earlier probe: no better than the full-dev score that probe led to
+        else:  # below an earlier probe on the probe examples: no improvement (the full dev sets are not scored)
             count_patience(run, record, False)
         record["eval_s"] = round(time.time() - started, 1)  # the probe and any full-dev scoring
         run.model.train()

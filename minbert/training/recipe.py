@@ -102,7 +102,7 @@ def finish(run: Run) -> dict[str, float]:
     scores = write_outputs(model, run.data, cfg, out_dir, run.device, features)
     if distributed.is_main():
         metrics = {**scores, "overall_formula": overall_formula(run.data["dev"])}
-        if cfg.train.early_stopping.patience is not None:  # None: it did not fire
+        if cfg.train.early_stopping.patience is not None:  # where and why it stopped; None: it did not fire
             metrics["stopped_early"] = run.progress.stopped_early
         metrics["data"] = run.data_files
         metrics = json.dumps(metrics, indent=2) + "\n"

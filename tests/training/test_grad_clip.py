@@ -51,3 +51,22 @@ def test_a_clipped_run_logs_every_steps_norm(tiny_checkpoint, small_data_dir, tm
     logged = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert len(logged) == 18 and all(s["grad_norm"] > 0 for s in logged)
     assert len({s["grad_norm"] for s in logged}) == 18  # each step's own
+
+
+def test_a_non_finite_gradient_norm_stops_the_run_naming_the_step(tiny_checkpoint, small_data_dir, tmp_path, monkeypatch):
+    import torch.nn.utils
+
+    from minbert.run_files import RunError
+
+    original = torch.nn.utils.clip_grad_norm_
+
+    def overflowing(params, max_norm):  # the third step's gradients overflow
+        norm = original(params, max_norm)
+        return norm * float("inf") if len(calls) == 2 else calls.append(1) or norm
+
+    calls = []
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", overflowing)
+    cfg = ddp_config(tiny_checkpoint, small_data_dir, "train.max_grad_norm=1.0", "train.batch_size=8",
+                     "train.log_every_steps=5", "train.phases=[{epochs: 1, lr: 1e-3}]", f"data.cache_dir={tmp_path}")  # fmt: skip
+    with pytest.raises(RunError, match=r"training diverged: the gradient norm at step 3 \(sts\) is inf"):
+        train(cfg, tmp_path / "run", TrainOptions(progress=False))
