@@ -94,6 +94,17 @@ class PhaseConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Stop training when the dev overall stops improving (off while patience is None). Each dev
+    evaluation (an epoch's end; a probe where a phase has eval_every_steps) that does not beat
+    the best overall so far by more than min_delta counts; after `patience` of them in a row the
+    run stops training and finishes with best.safetensors (training/probes.py)."""
+
+    patience: int | None = None  # evaluations without improvement before stopping; None = off
+    min_delta: float = 0.0  # an improvement must exceed this (the best checkpoint still takes any)
+
+
+@dataclass
 class TrainConfig:
     seed: int = 11711
     batch_size: int = 32
@@ -144,6 +155,15 @@ class TrainConfig:
     # the loss against the teacher's probabilities / scores.
     distill_from: str | None = None
     distill_weight: float = 0.5
+    # Gradient accumulation: each optimizer step sums the gradients of k micro-batches of
+    # batch_size (one task's global batch of k x batch_size, split): the effective batch is
+    # k x batch_size, an epoch has 1/k the steps, and steps, schedules, logs and checkpoints
+    # count optimizer steps. Not with prefetch.
+    grad_accum_steps: int = 1
+    # Clip the gradients' total L2 norm to this before each optimizer step (None: off); the norm
+    # before clipping is logged with each step in steps.jsonl ("grad_norm").
+    max_grad_norm: float | None = None
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 @dataclass
@@ -283,6 +303,10 @@ RULES: dict[str, Rule] = {
     "train.precision": one_of("auto", "fp32", "bf16"),
     "train.budget": one_of("cpu", "full"),
     "train.loss_weights.*": FINITE_NON_NEGATIVE,
+    "train.grad_accum_steps": AT_LEAST_1,
+    "train.max_grad_norm": POSITIVE,
+    "train.early_stopping.patience": AT_LEAST_1,
+    "train.early_stopping.min_delta": FINITE_NON_NEGATIVE,
     PHASE + "mode": one_of("finetune", "frozen", "mlm"),
     PHASE + "sampler": one_of("round_robin", "proportional", "annealed"),
     PHASE + "decay": one_of("constant", "linear"),
@@ -351,6 +375,9 @@ def validate(cfg: RunConfig) -> None:
                           "(set train.packing=true, or leave pack_length null)")  # fmt: skip
     if cfg.model.similarity_head == "cosine" and cfg.model.pair_encoding == "cross":
         raise ConfigError("model.similarity_head 'cosine' needs model.pair_encoding 'siamese'")
+    if cfg.train.prefetch and cfg.train.grad_accum_steps > 1:
+        raise ConfigError(f"train.prefetch: true does not work with train.grad_accum_steps {cfg.train.grad_accum_steps} "
+                          "(it builds one batch a step ahead); set one of them off")  # fmt: skip
 
 
 def window_stride(model: ModelConfig, split: str) -> int | None:

@@ -70,6 +70,10 @@ class Progress:
     log_bytes: dict[str, int] = field(default_factory=dict)  # size of each log when saved
     elapsed_s: float = 0.0  # training time before the current process
     probe_due: bool = False  # stopped (by a signal) in the probe after `step`: a resumed run probes first
+    # train.early_stopping: dev evaluations in a row without an improvement beyond min_delta, and
+    # once they reach the patience, why and where training stopped (the run then only finishes).
+    evals_without_improvement: int = 0
+    stopped_early: dict | None = None
 
     def start_epoch(self) -> None:
         self.step_in_epoch, self.loss_sums, self.loss_counts = 0, {}, {}
@@ -201,10 +205,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def _why_unreadable(path: Path, error: Exception) -> str:
-    head = path.read_bytes()[:2] if path.is_file() else b""
+    head = path.read_bytes()[:9] if path.is_file() else b""
     if path.is_file() and path.stat().st_size == 0:
         return "the file is empty"
-    if head[:1] == b"\x80" or head == b"PK":
+    # A safetensors file opens with its header's length (8 bytes, little-endian: the first may
+    # be 0x80, as a pickle's is) and then the header's "{": that is no pickle, if cut short.
+    safetensors = head[8:9] == b"{"
+    if not safetensors and (head[:1] == b"\x80" or head[:2] == b"PK"):
         return ("it is a pickle (an old minbert .pt, or a crafted file); minbert never unpickles checkpoints, "
                 "since unpickling can run code")  # fmt: skip
     return f"not a safetensors file, or a truncated one ({error})"

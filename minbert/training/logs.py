@@ -18,38 +18,53 @@ from minbert import distributed
 from minbert.config import ConfigError
 
 class StepLog:
-    """Per-step losses, kept on the device and written in batches (one host sync per flush,
-    not per step). A flush stops the run at the first non-finite loss and adds the losses to
-    the epoch's sums in `progress`."""
+    """Per-step losses (and, with train.max_grad_norm, gradient norms), kept on the device and
+    written in batches (one host sync per flush, not per step). A flush stops the run at the
+    first non-finite loss (or gradient norm) and adds the losses to the epoch's sums in `progress`."""
 
     def __init__(self, run):
         """`run`: the training.state.Run it logs for (its progress, directory, TensorBoard log)."""
         self.run, self.progress = run, run.progress
         self.path = run.out_dir / "steps.jsonl" if run.main else None
         self.pending: list[tuple[int, str, torch.Tensor, float]] = []
+        self.norms: dict[int, torch.Tensor] = {}  # step -> the gradients' total norm before clipping
 
-    def add(self, step: int, task: str, loss: torch.Tensor, lr: float) -> None:
+    def add(self, step: int, task: str, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor | None = None) -> None:
         self.pending.append((step, task, loss, lr))
+        if grad_norm is not None:
+            self.norms[step] = grad_norm
 
     def flush(self) -> None:
         if not self.pending:
             return
         # Each rank's loss is weighted by its share of the batch: their mean is the batch's loss.
-        values = distributed.mean_over_ranks(torch.stack([p[2].float() for p in self.pending])).tolist()
+        values = distributed.mean_over_ranks(torch.stack([p[2].float() for p in self.pending]))
+        norms: dict[int, float] = {}
+        if self.norms:  # the same on every rank (taken after the all-reduce): read with the losses
+            both = torch.cat([values, torch.stack([n.float().to(values.device) for n in self.norms.values()])]).tolist()
+            values, norms = both[: len(self.pending)], dict(zip(self.norms, both[len(self.pending) :]))
+        else:
+            values = values.tolist()
         for (step, task, _, _), v in zip(self.pending, values):
             if not math.isfinite(v):
                 raise self.run.diverged(f"the {task} loss at step {step} is {v}")
+            if not math.isfinite(norms.get(step, 0.0)):
+                raise self.run.diverged(f"the gradient norm at step {step} ({task}) is {norms[step]}")
         lines = []
         for (step, task, _, lr), v in zip(self.pending, values):
             self.progress.loss_sums[task] = self.progress.loss_sums.get(task, 0.0) + v
             self.progress.loss_counts[task] = self.progress.loss_counts.get(task, 0) + 1
-            lines.append(json.dumps({"step": step, "task": task, "loss": round(v, 5), "lr": lr}) + "\n")
+            line = {"step": step, "task": task, "loss": round(v, 5), "lr": lr}
+            if step in norms:
+                line["grad_norm"] = round(norms[step], 5)
+            lines.append(json.dumps(line) + "\n")
         if self.path is not None:
             with self.path.open("a") as f:
                 f.write("".join(lines))
         if self.run.tensorboard is not None:
             self.run.tensorboard.steps([(step, task, v, lr) for (step, task, _, lr), v in zip(self.pending, values)])
         self.pending.clear()
+        self.norms.clear()
 
 
 def append_record(path: Path, record: dict) -> None:

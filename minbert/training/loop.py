@@ -1,6 +1,10 @@
 """The training loop: a phase (its optimizer, schedule and epochs), an epoch (sampled task
 batches, one optimizer step each, checkpoints when due), and one step's loss.
 
+A step's batch is train.grad_accum_steps micro-batches of train.batch_size, their gradients
+summed before the step (clipped to train.max_grad_norm where set); train.early_stopping ends
+the training when the dev evaluations stop improving (probes.count_patience).
+
 A phase's epochs are lists of task names (training/samplers.py); each step draws the next batch
 of that task's stream (state.TaskStream). Dev scores at each epoch's end decide best.safetensors
 (probes.keep_if_best); last.safetensors is written at each epoch's end and when the timer says.
@@ -8,6 +12,7 @@ of that task's stream (state.TaskStream). Dev scores at each epoch's end decide 
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 
@@ -24,7 +29,7 @@ from minbert.training.logs import StepLog, append_record, print_epoch
 from minbert.training.prefetch import Prefetcher
 from minbert.training.probes import keep_if_best, probe
 from minbert.training.samplers import epoch_schedule
-from minbert.training.state import Run
+from minbert.training.state import Run, add_event
 from minbert.training.stopping import StopRequested
 
 
@@ -78,8 +83,9 @@ def run_phase(run: Run, phase_idx: int) -> bool:
     model.bert.requires_grad_(not frozen)
     tasks = ["mlm"] if phase.mode == "mlm" else phase.tasks
     sizes = {t: len(d) for t, d in run.data["train"].items()}
+    batch = cfg.train.batch_size * cfg.train.grad_accum_steps  # a step's global batch: its micro-batches together
     schedules = [
-        epoch_schedule(phase.sampler, {t: sizes[t] for t in tasks}, cfg.train.batch_size, cfg.train.seed + phase_idx,
+        epoch_schedule(phase.sampler, {t: sizes[t] for t in tasks}, batch, cfg.train.seed + phase_idx,
                        (e, phase.epochs), phase.steps_per_epoch)
         for e in range(phase.epochs)
     ]  # fmt: skip
@@ -102,8 +108,12 @@ def run_phase(run: Run, phase_idx: int) -> bool:
         if frozen:
             model.bert.eval()  # a frozen encoder runs without dropout, as its cached vectors do
         losses = run_epoch(run, phase, schedules[epoch], desc=f"{phase.name} {epoch + 1}/{phase.epochs}")
-        end_epoch(run, phase_idx, epoch, losses)
-        run.epochs_this_call += 1
+        if state.stopped_early is None:  # not stopped by a probe inside the epoch
+            end_epoch(run, phase_idx, epoch, losses)
+            run.epochs_this_call += 1
+        if state.stopped_early is not None:
+            announce_early_stop(run)
+            return True  # the run finishes now (recipe._train_and_finish)
         if run.options.stop_after_epochs is not None and run.epochs_this_call >= run.options.stop_after_epochs:
             return False
     state.phase, state.epoch = phase_idx + 1, 0  # also for a phase of 0 epochs
@@ -162,6 +172,8 @@ def run_epoch(run: Run, phase: PhaseConfig, schedule: list[str], desc: str) -> d
         if state.probe_due:  # stopped in this probe: it is run again before the next step
             probe(run, phase)
         for task in steps:
+            if state.stopped_early is not None:  # a probe stopped training (train.early_stopping)
+                break
             with stopper.hold():
                 train_step(run, phase, task, log, prefetch)
             every = phase.eval_every_steps
@@ -178,18 +190,42 @@ def run_epoch(run: Run, phase: PhaseConfig, schedule: list[str], desc: str) -> d
         log.flush()  # the steps done are logged before last.safetensors records the logs' sizes
         raise
     finally:
+        steps.close()  # also when a probe stopped the epoch early
         if prefetch is not None:
             prefetch.close()
     log.flush()
+    if state.stopped_early is not None:  # mid-epoch: last.safetensors says so (a resume only finishes)
+        with stopper.hold():
+            if run.main:
+                run.save_last()
+        distributed.barrier()
     return {t: round(state.loss_sums[t] / state.loss_counts[t], 5) for t in sorted(state.loss_sums)}
 
 
-def draw(run: Run, stream, task: str) -> tuple[list[int], float]:
-    """This rank's slice of the next global batch of `task` from its stream (every rank draws the
-    same global batch), and the slice's weight (distributed.local_share)."""
+def announce_early_stop(run: Run) -> None:
+    """train.early_stopping fired: an events.jsonl record and a line say why and where (rank 0)."""
+    state = run.progress
+    stop = state.stopped_early
+    if run.main:
+        add_event(run.out_dir, {"event": "stopped_early", **stop, "best": state.best})
+        print(f"[early stopping] {stop['reason']}: training stopped after step {stop['step']} (the {stop['at']} "
+              f"evaluation of {stop['phase']} epoch {stop['epoch']}); the best dev overall, {state.best:.4f}, "
+              "is kept in best.safetensors", flush=True)  # fmt: skip
+
+
+def draw(run: Run, stream, task: str) -> list[tuple[list[int], float]]:
+    """The next global batch of `task` from its stream (every rank draws the same one: with
+    train.grad_accum_steps k, of k x batch_size examples), cut into micro-batches of batch_size
+    (the last may be smaller); for each, this rank's slice and its loss weight: the slice's
+    distributed.local_share times the micro-batch's share of the global batch's examples, so
+    that the weighted micro-batch losses sum to the global batch's mean loss."""
     cfg = run.cfg
-    indices = stream.next_indices(run.data["train"][task], cfg.train.batch_size, cfg.train.seed, cfg.train.bucket_batches)
-    return distributed.local_share(indices)
+    size = cfg.train.batch_size
+    indices = stream.next_indices(run.data["train"][task], size * cfg.train.grad_accum_steps, cfg.train.seed,
+                                  cfg.train.bucket_batches)  # fmt: skip
+    micro = [indices[i : i + size] for i in range(0, len(indices), size)]
+    shares = [(distributed.local_share(part), len(part) / len(indices)) for part in micro]
+    return [(mine, weight * share) for (mine, weight), share in shares]
 
 
 def make_prefetcher(run: Run, phase: PhaseConfig, schedule: list[str], start: int) -> Prefetcher | None:
@@ -197,32 +233,55 @@ def make_prefetcher(run: Run, phase: PhaseConfig, schedule: list[str], start: in
     the first one's batch; None where batches are not token batches (MLM, cached vectors)."""
     if not run.cfg.train.prefetch or phase.mode == "mlm" or run.features is not None:
         return None
-    prefetch = Prefetcher(run.streams, schedule, start, lambda stream, task: draw(run, stream, task)[0],
+    prefetch = Prefetcher(run.streams, schedule, start, lambda stream, task: draw(run, stream, task)[0][0],
                           lambda task, indices, step: step_batch(run, task, indices, phase, step), run.device)  # fmt: skip
     prefetch.ahead(run.progress.step)
     return prefetch
 
 
 def train_step(run: Run, phase: PhaseConfig, task: str, log: StepLog, prefetch: Prefetcher | None = None) -> None:
-    """One optimizer step on the next global batch of `task` (this rank's slice of it), counted
-    and logged; its batch from `prefetch` when that built it ahead, which then starts the next."""
+    """One optimizer step on the next global batch of `task` (this rank's slice of it; with
+    train.grad_accum_steps, the gradients of its micro-batches summed), the gradients clipped
+    where train.max_grad_norm says, counted and logged; the batch from `prefetch` when that
+    built it ahead, which then starts the next."""
     state, cfg = run.progress, run.cfg
-    mine, weight = draw(run, run.streams[task], task)
+    micro = draw(run, run.streams[task], task)
     batch = None
-    if prefetch is not None:
-        batch = prefetch.take(state.step, task, mine)
+    if prefetch is not None:  # one micro-batch a step (config validation)
+        batch = prefetch.take(state.step, task, micro[0][0])
         prefetch.ahead(state.step + 1)
-    with distributed.autocast(run.device, cfg.train.precision):
-        loss = step_loss(run, task, mine, phase, batch) * weight
-    if loss.requires_grad:  # a parameter-free head on a frozen encoder has nothing to learn
-        loss.backward()
+    loss, learns = accumulate(run, phase, task, micro, batch)
+    grad_norm = None
+    if learns:
+        if cfg.train.max_grad_norm is not None:
+            params = [p for group in run.optimizer.param_groups for p in group["params"]]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)  # the norm before clipping
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     lr = run.scheduler.get_last_lr()[0]  # the rate this step used
     run.scheduler.step()
     state.step += 1
     state.step_in_epoch += 1
-    log.add(state.step, task, loss.detach(), lr)
+    log.add(state.step, task, loss, lr, grad_norm)
+
+
+def accumulate(run: Run, phase: PhaseConfig, task: str, micro: list[tuple[list[int], float]],
+               batch: Batch | None = None) -> tuple[torch.Tensor, bool]:  # fmt: skip
+    """Each micro-batch's weighted loss (`draw`) back-propagated, its gradients added to the
+    parameters' (under DDP, all-reduced with the last one only: `no_sync` before it). Returns
+    the step's loss (the sum of the weighted micro-batch losses, detached) and whether it had
+    anything to learn (a parameter-free head on a frozen encoder has not)."""
+    total, learns = None, False
+    for i, (mine, weight) in enumerate(micro):
+        last = i == len(micro) - 1
+        with contextlib.nullcontext() if last or not hasattr(run.net, "no_sync") else run.net.no_sync():
+            with distributed.autocast(run.device, run.cfg.train.precision):
+                loss = step_loss(run, task, mine, phase, batch) * weight
+            if loss.requires_grad:
+                loss.backward()
+                learns = True
+        total = loss.detach() if total is None else total + loss.detach()
+    return total, learns
 
 
 def uses_rdrop(run: Run, task: str, phase: PhaseConfig) -> bool:

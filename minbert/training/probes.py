@@ -16,13 +16,33 @@ from minbert.training.logs import append_record
 
 
 def keep_if_best(run, record: dict) -> None:
-    """Write best.safetensors when the record's full-dev overall beats the best so far."""
+    """Write best.safetensors when the record's full-dev overall beats the best so far; count
+    the evaluation for train.early_stopping."""
     scores, state = record["dev"], run.progress
+    count_patience(run, record, state.best is None or scores["overall"] > state.best + run.cfg.train.early_stopping.min_delta)
     if state.best is None or scores["overall"] > state.best:
         state.best = scores["overall"]
         record["best"] = True
         if run.main:
             run.save_best(scores)
+
+
+def count_patience(run, record: dict, improved: bool) -> None:
+    """train.early_stopping (Hugging Face's EarlyStoppingCallback): a dev evaluation that does
+    not beat the best overall so far by more than min_delta adds one to the count, one that
+    does sets it back to 0; at `patience`, progress.stopped_early says why training stops here
+    (the loop then stops; every rank sees the same scores, so every rank stops)."""
+    rule, state = run.cfg.train.early_stopping, run.progress
+    if rule.patience is None:
+        return
+    state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
+    if state.evals_without_improvement >= rule.patience:
+        kind = "epoch" if "probe" not in record else "probe"
+        state.stopped_early = {
+            "step": record["step"], "phase": record["phase"], "epoch": record["epoch"], "at": kind,
+            "reason": f"{rule.patience} dev evaluation(s) in a row without improving the best dev overall "
+                      f"by more than {rule.min_delta}",
+        }  # fmt: skip
 
 
 def dev_probe(raw_dev: dict[str, list[Example]], tokenizer: WordPieceTokenizer, cfg: RunConfig) -> dict[str, EncodedTask]:
@@ -51,6 +71,8 @@ def probe(run, phase: PhaseConfig) -> None:
         if better:
             state.best_probe, record["dev"] = scores["overall"], dev
             keep_if_best(run, record)
+        else:  # below an earlier probe on the probe examples: no improvement (the full dev sets are not scored)
+            count_patience(run, record, False)
         record["eval_s"] = round(time.time() - started, 1)  # the probe and any full-dev scoring
         run.model.train()
         if run.main:

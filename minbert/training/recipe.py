@@ -70,6 +70,8 @@ def _train_and_finish(run: Run) -> dict[str, float]:
     stops this rank with a line naming the ranks that did not answer."""
     try:
         for phase_idx in range(run.progress.phase, len(run.cfg.train.phases)):
+            if run.progress.stopped_early is not None:  # train.early_stopping: no more training
+                break
             if not run_phase(run, phase_idx):
                 return {}
         return finish(run)
@@ -99,7 +101,10 @@ def finish(run: Run) -> dict[str, float]:
     model.to(run.device)
     scores = write_outputs(model, run.data, cfg, out_dir, run.device, features)
     if distributed.is_main():
-        metrics = {**scores, "overall_formula": overall_formula(run.data["dev"]), "data": run.data_files}
+        metrics = {**scores, "overall_formula": overall_formula(run.data["dev"])}
+        if cfg.train.early_stopping.patience is not None:  # where and why it stopped; None: it did not fire
+            metrics["stopped_early"] = run.progress.stopped_early
+        metrics["data"] = run.data_files
         metrics = json.dumps(metrics, indent=2) + "\n"
         atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(metrics))
         timing = json.dumps({"train_wall_s": round(elapsed, 1)}) + "\n"

@@ -37,7 +37,7 @@ from minbert.training.stopping import EvalCallbackStop, Stopper, TrainingStopped
 
 LOGS = ("steps.jsonl", "epochs.jsonl", "evals.jsonl")
 # data.json: the fingerprints of the data files the run reads now. events.jsonl: what happened to
-# the run beside its steps (data that changed and was accepted); never cut back on resume.
+# the run beside its steps (data that changed and was accepted; early stopping); never cut back on resume.
 DATA_FILE, EVENTS = "data.json", "events.jsonl"
 # Keys that may change when a run is resumed: they decide when files are written (and how
 # many threads compute), or whether changed data is accepted, not what is computed.
@@ -420,6 +420,9 @@ def continue_from(init_dir: Path, cfg: RunConfig, model: MultitaskBert, out_dir:
     ckpt = load_checkpoint(init_dir / LAST)
     done = ckpt.config["train"]["phases"]
     ours = to_dict(cfg)
+    if ckpt.progress is not None and ckpt.progress.stopped_early is not None:
+        raise ValueError(f"{init_dir}: that run stopped early (train.early_stopping, after step "
+                         f"{ckpt.progress.stopped_early['step']}): its phases did not all run, so it cannot be continued")  # fmt: skip
     if ckpt.progress is None or ckpt.progress.phase != len(done):
         raise ValueError(f"{init_dir}: that run has not finished its phases; resume it first")
     same = {k: v for k, v in ckpt.config["train"].items() if k != "phases"} == {

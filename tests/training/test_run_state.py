@@ -331,3 +331,12 @@ def test_divergence_stops_with_the_step_and_task(tiny_checkpoint, small_data_dir
     stopped_at = int(err.split(" loss at step ")[1].split()[0])
     steps = [json.loads(line)["step"] for line in (out / "steps.jsonl").read_text().splitlines()]
     assert steps == list(range(1, stopped_at))  # the steps before the bad one are logged, once each
+
+
+def test_a_truncated_checkpoint_whose_header_length_opens_like_a_pickle_is_called_truncated(tmp_path):
+    # A safetensors file opens with its header's length, little-endian: 0x180 starts with 0x80,
+    # a pickle's first byte. Cut short, it is still a truncated safetensors file, not a pickle.
+    path = tmp_path / "last.safetensors"
+    path.write_bytes((0x180).to_bytes(8, "little") + b'{"__metadata__": {"format": "minbert-checkpoint"')
+    with pytest.raises(CheckpointError, match=r"not a safetensors file, or a truncated one"):
+        load_checkpoint(path)

@@ -11,6 +11,7 @@ zero there; with CUDA available the same steps run again on the GPU, where it is
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,8 @@ PAIRS = {
     # swapped pairs, R-Drop and CoSENT: the host-side coins and the extra loss terms
     "cross": ["model.pair_encoding=cross", "model.pooling=mean", "train.swap_pairs=true", "train.rdrop=0.5",
               "train.sts_loss=mse+cosent"],
+    # gradient clipping (its norm kept on the device until the flush) and accumulation
+    "clipped": ["model.pair_encoding=siamese", "train.max_grad_norm=0.5", "train.grad_accum_steps=2"],
 }  # fmt: skip
 PAIRS.update({f"{name}-packed": [*extra, "train.packing=true"] for name, extra in list(PAIRS.items())})  # packed batches too
 
@@ -88,6 +91,8 @@ def test_a_training_step_does_not_sync(pairs, device, tiny_checkpoint, small_dat
     assert count.to_host == 0, f"{count.to_host} device-to-host copies in {COUNTED_STEPS} steps: {dict(count.sites)}"
     log.flush()  # at a log point the losses come back, once
     assert len(log.pending) == 0 and run.progress.loss_counts
+    logged = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert all(("grad_norm" in s) == (pairs == "clipped") for s in logged)
 
 
 @pytest.mark.parametrize("device", DEVICES)
