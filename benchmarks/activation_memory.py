@@ -15,12 +15,15 @@ What the memory numbers are (Linux, from /proc/self/status; the high-water mark 
 before each step by writing 5 to /proc/self/clear_refs):
 - `before`: resident memory after the model, the optimizer (no state yet) and the batch are
   made, before the first step: weights (440 MB at fp32), torch's libraries, the interpreter.
-- `fwd peak`: the highest resident memory during the forward of the last step, minus the
-  resident memory at that step's start. It is what the forward keeps for the backward (the
-  activations) plus the forward's transient buffers: the part checkpointing cuts.
-- `step peak`: the same over the whole last step (forward, backward, AdamW). At its start the
-  AdamW moments (2 x 440 MB) already exist, so it holds activations, gradients (440 MB),
-  the backward's buffers and the optimizer's temporaries.
+- `fwd peak`: the highest resident memory during the forward of a step, minus the resident
+  memory at that step's start. It is what the forward keeps for the backward (the activations)
+  plus the forward's transient buffers: the part checkpointing cuts. In the first step nothing
+  else is allocated (no gradients, no optimizer state yet): the cleanest number. At the start
+  of a later step the previous gradients (440 MB) still exist and are freed by zero_grad inside
+  the step, so its forward peak reads about 440 MB lower.
+- `step peak`: the same over the whole step (forward, backward, AdamW): activations, gradients
+  (440 MB), the backward's buffers, the optimizer's temporaries, and in the first step the AdamW
+  moments it creates (2 x 440 MB); a later step starts with them.
 - `peak RSS`: the process's resident high-water mark over its last step, everything included.
 Resident memory counts pages touched, not tensors alive: before each step glibc is asked to
 return its free pages (malloc_trim), but inside a step it may keep freed pages and reuse them,
@@ -136,6 +139,9 @@ def main() -> None:
                   f"peak RSS {last['peak_rss_mb']:7.0f} MB  step s {[round(s['seconds'], 1) for s in res['steps']]}  "
                   f"loss {last['loss']:.4f}  threads {res['threads']}", flush=True)  # fmt: skip
     print(f"load average after: {Path('/proc/loadavg').read_text().split()[0]}")
+    firsts = [(results[i]["steps"][0], results[i + 1]["steps"][0]) for i in range(0, len(results), 2)]
+    print("first step, fwd peak off / on (MB): " + ", ".join(f"{off['fwd_peak_mb']:.0f} / {on['fwd_peak_mb']:.0f}"
+                                                               for off, on in firsts))  # fmt: skip
     pairs = [(results[i]["steps"][-1], results[i + 1]["steps"][-1]) for i in range(0, len(results), 2)]
     for key in ("fwd_peak_mb", "step_peak_mb", "peak_rss_mb", "seconds"):
         ratios = [on[key] / off[key] for off, on in pairs]
