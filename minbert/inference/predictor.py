@@ -32,8 +32,8 @@ from minbert import distributed
 from minbert.config import RunConfig, window_stride
 from minbert.evaluation import head_outputs
 from minbert.inference import ensemble, manifest
-from minbert.inference.model_card import RunRecord
 from minbert.inference.backends import BACKENDS, INT8_BATCH, Backend, TorchBackend, int8_backend
+from minbert.inference.model_card import RunRecord
 from minbert.run_files import load_checkpoint
 from minbert.runs import build_trained
 from minbert.tasks.data import Example
