@@ -118,7 +118,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p_ens.add_argument("--no-test", action="store_true", help="the dev split only")
     p_exp = sub.add_parser("export", help="the model as a Hugging Face BERT directory or ONNX graphs")
     p_exp.add_argument("--out", required=True)
-    p_exp.add_argument("--format", choices=FORMATS, default="hf")
+    p_exp.add_argument("--format", choices=FORMATS, default="hf",
+                       help="hf: a Hugging Face BERT directory with its model card (README.md); onnx: ONNX graphs")
     p_exp.add_argument("--check-limit", type=int, help="onnx: check on at most N dev examples per task (default: all)")
     p_exp.add_argument("--no-check", action="store_true", help="onnx: do not check the graphs against PyTorch")
     p_serve = _add_serve_parser(sub)

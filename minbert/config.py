@@ -47,6 +47,10 @@ class ModelConfig:
     # Cross-encoded pairs: predict from both orders ([CLS] a [SEP] b and [CLS] b [SEP] a) and
     # average the two head outputs (logits, scores). Twice the prediction cost.
     symmetric_predict: bool = False
+    # Activation checkpointing: in training, each encoder layer's activations are computed
+    # again in the backward pass instead of kept (less memory, one more forward per step; the
+    # same gradients, dropout masks included). Prediction and exports are unchanged.
+    gradient_checkpointing: bool = False
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import get_type_hints
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -203,13 +204,29 @@ class Layer(nn.Module):
 
 
 class Encoder(nn.Module):
+    """The N layers, one after another.
+
+    `gradient_checkpointing` (activation checkpointing, Chen et al. 2016): in training with
+    gradients on, a layer keeps only its input; the backward pass runs its forward again to
+    get the rest. Memory for activations falls from N layers' worth to about one layer's
+    worth plus N layer inputs, for one more forward per step. The generator's state is saved
+    and restored around the recompute, so it draws the same dropout masks and the gradients
+    are those without it. Off in evaluation and under no_grad (prediction, export): nothing
+    to keep there.
+    """
+
     def __init__(self, config: BertConfig):
         super().__init__()
         self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False  # an attribute, not a BertConfig field: checkpoints keep their keys
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layer:
-            x = layer(x, attn_mask)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(layer, x, attn_mask, use_reentrant=False, preserve_rng_state=True)
+            else:
+                x = layer(x, attn_mask)
         return x
 
 

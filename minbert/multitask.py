@@ -40,6 +40,7 @@ class MultitaskBert(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.bert = bert
+        bert.encoder.gradient_checkpointing = cfg.gradient_checkpointing  # training only (model.Encoder)
         self.tasks = tasks if tasks is not None else TaskSet.seed()
         self.heads = nn.ModuleDict({name: build_head(spec, cfg, bert.config.hidden_size) for name, spec in self.tasks.items()})
 

@@ -3,7 +3,8 @@
 `--format hf` writes a Hugging Face BERT directory: `config.json`, `model.safetensors` (the
 fine-tuned encoder; our parameter names are BertModel's), `vocab.txt`, `tokenizer.json`,
 `tokenizer_config.json` and `special_tokens_map.json`, so `transformers.BertModel.from_pretrained(DIR)`
-loads it. For a mean-pooled model it adds the sentence-transformers module files (`modules.json`,
+loads it, and `README.md`, its model card in Hugging Face's layout (model_card.py: the dev
+scores, the training config, the data, how to load it, limitations). For a mean-pooled model it adds the sentence-transformers module files (`modules.json`,
 `sentence_bert_config.json`, `1_Pooling/config.json`), so `SentenceTransformer(DIR).encode`
 gives our sentence vectors. `--format onnx` writes one ONNX graph per task, and its int8
 version for the int8 backend (see onnx_graphs).
@@ -28,6 +29,7 @@ import torch
 from minbert.config import RunConfig, to_dict
 from minbert.inference.backends import TorchBackend
 from minbert.inference.manifest import FORMAT, HEADS, MANIFEST, VERSION, is_export
+from minbert.inference.model_card import RunRecord, card_facts, render_card
 from minbert.inference.predictor import Binary, Classification, Predictor, split_inputs
 from minbert.model import BertConfig
 from minbert.multitask import MultitaskBert
@@ -75,6 +77,8 @@ def write_export(model: MultitaskBert, tokenizer: WordPieceTokenizer, cfg: RunCo
     save_file(tensors(model.heads), str(directory / HEADS), metadata={"format": "pt"})
     if cfg.model.pooling == "mean":
         _write_sentence_transformers(model.bert.config, cfg, directory)
+    card = card_facts(RunRecord(cfg, dev, data, bert_config, source))
+    (directory / "README.md").write_text(render_card(card), encoding="utf-8")
 
 
 def _write_json(path: Path, value: dict | list) -> None:

@@ -33,6 +33,7 @@ from minbert.config import RunConfig, window_stride
 from minbert.evaluation import head_outputs
 from minbert.inference import ensemble, manifest
 from minbert.inference.backends import BACKENDS, INT8_BATCH, Backend, TorchBackend, int8_backend
+from minbert.inference.model_card import RunRecord
 from minbert.run_files import load_checkpoint
 from minbert.runs import build_trained
 from minbert.tasks.data import Example
@@ -81,6 +82,9 @@ class Predictor:
     # The dev scores stored with the weights (None for a Predictor built by hand). `minbert serve`
     # shows them at /v1/model.
     dev_scores: dict[str, float] | None = None
+    # What the loaded files say about the run (config, dev scores, data fingerprints, encoder
+    # sizes, the checkpoint trained): the facts of its model card (model_card.py). None by hand.
+    record: RunRecord | None = None
 
     def __init__(self, backend: Backend, tokenizer: WordPieceTokenizer, cfg: RunConfig, batch_size: int = 128,
                  threshold: float = PARAPHRASE_THRESHOLD, source: str = "", backend_name: str = "torch"):  # fmt: skip
@@ -113,9 +117,11 @@ class Predictor:
                 raise ValueError(f"{path}: an ensemble runs on the torch backend only (its members' PyTorch models)")
             run, dev = ensemble.load_ensemble_dir(path, overrides, device)
             cfg, tokenizer, threshold = run.cfg, run.tokenizer, PARAPHRASE_THRESHOLD
+            record = RunRecord(cfg, dev, None, None, str(path))  # several members: one config speaks for them
         elif manifest.is_export(path):
             found = manifest.read_manifest(path)
             cfg, threshold, tokenizer, dev = found.cfg, found.threshold, manifest.read_tokenizer(path), found.dev
+            record = RunRecord(cfg, dev, found.data, found.bert_config, found.source or str(path))
             from minbert.inference.onnx_graphs import OnnxBackend, has_graphs
 
             tasks = TaskSet.of(cfg.tasks)
@@ -135,9 +141,10 @@ class Predictor:
             run = (int8_backend(model, tokenizer, cfg) if backend == "int8"
                    else TorchBackend(model, device, cfg.train.precision))  # fmt: skip
             threshold, dev = PARAPHRASE_THRESHOLD, ckpt.dev
+            record = RunRecord(cfg, dev, ckpt.data, ckpt.bert_config or vars(model.bert.config), str(path))
         batch_size = batch_size or (INT8_BATCH if backend == "int8" else cfg.train.eval_batch_size)
         predictor = cls(run, tokenizer, cfg, batch_size, threshold, str(path), backend)
-        predictor.dev_scores = dev
+        predictor.dev_scores, predictor.record = dev, record
         return predictor
 
     def __repr__(self) -> str:

@@ -7,6 +7,8 @@
                          declared tasks too), answered by the task's kind (classification: label,
                          name, probabilities; binary: probability, positive; regression: score)
     GET  /health, GET /v1/model (checkpoint, run config, dev scores, tasks, limits), GET /docs (OpenAPI)
+    GET  /v1/card        the facts of the model's card (model_card.card_facts: what `minbert export
+                         --format hf` writes into README.md), shown on the page
 
 Concurrent requests are micro-batched: each task has a `MicroBatcher`, whose worker takes the
 first waiting request, waits up to `batch_wait_ms` for more (at most `max_batch` inputs in all),
@@ -47,6 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from minbert.config import to_dict
 from minbert.inference.io import result_fields
+from minbert.inference.model_card import RunRecord, card_facts
 from minbert.inference.predictor import Predictions, Predictor
 from minbert.inference.serve_guards import (ApiKeyGuard, ConcurrencyLimit, InFlight, RequestGuard, bind_listener,
                                            header_timeout_protocol)
@@ -290,6 +293,10 @@ def create_app(predictor: Predictor, limits: Limits = DEFAULT_LIMITS, api_key: s
     async def model() -> dict:
         return describe(predictor, limits)
 
+    @app.get("/v1/card", summary="The model card's facts: dev scores, training config, data, usage, limitations")
+    async def card() -> dict:
+        return card_facts(run_record(predictor))
+
     page = PAGE.read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -394,6 +401,11 @@ def describe(predictor: Predictor, limits: Limits) -> dict:
         "paraphrase_threshold": predictor.threshold,
         "limits": dataclasses.asdict(limits),
     }
+
+
+def run_record(predictor: Predictor) -> RunRecord:
+    """What the Predictor's files said about its run; for one built by hand, what it holds."""
+    return predictor.record or RunRecord(predictor.run_config, predictor.dev_scores, None, None, predictor.source)
 
 
 def uvicorn_config(app: FastAPI) -> "uvicorn.Config":

@@ -375,6 +375,7 @@ UNAUTHORISED = {
     "the key as Basic": ("POST", "/v1/similarity", {"pairs": [["a", "b"]]}, {"Authorization": f"Basic {KEY}"}),
     "Bearer and nothing": ("POST", "/v1/paraphrase", {"pairs": [["a", "b"]]}, {"Authorization": "Bearer "}),
     "the model's description": ("GET", "/v1/model", None, {}),
+    "the model card": ("GET", "/v1/card", None, {}),
     "any task": ("POST", "/v1/predict/sst", {"texts": ["a"]}, {}),
     "the OpenAPI schema": ("GET", "/openapi.json", None, {}),
     "no such route": ("GET", "/v1/nope", None, {}),

@@ -196,3 +196,45 @@ def test_the_page_asks_for_the_api_key_once_and_sends_it(browser, predictor, req
         (score,) = predictor.similarity([PAIR])
         assert text_of(browser, "sts-score") == f"{score:.2f}"
         shoot(browser, request, tmp_path, "serve-key-done.png")
+
+
+def test_the_page_shows_the_model_card_once_the_key_is_given(browser, predictor, request, tmp_path):
+    """The "Model card" section: hidden while the server refuses /v1/card (no key yet), then the
+    facts of the card (model_card.card_facts): each task's dev score as stored with the weights,
+    the base model, the license left to fill in, the data files, the limitations."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from minbert.inference.model_card import card_facts
+
+    facts = card_facts(predictor.record)
+    with serving(create_app(predictor, Limits(), api_key=KEY)) as url:
+        screen(browser, 1200, 900, mobile=False)
+        browser.get(url + "/")
+        browser.execute_script("sessionStorage.clear()")  # each server has its own port: no key kept, but be sure
+        browser.refresh()
+        form = browser.find_element(By.ID, "key-form")
+        WebDriverWait(browser, WAIT_S).until(lambda d: form.is_displayed())
+        card = browser.find_element(By.ID, "card-section")
+        assert not card.is_displayed()  # 401: nothing of the model shown
+        browser.find_element(By.ID, "api-key").send_keys(KEY)
+        browser.find_element(By.ID, "key-submit").click()
+        WebDriverWait(browser, WAIT_S).until(lambda d: card.is_displayed())
+        rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+                for tr in browser.find_elements(By.CSS_SELECTOR, "#card-scores tr")[1:]]  # fmt: skip
+        assert rows[:-1] == [[t, facts_task["dataset"], facts_task["metric"], f"{predictor.dev_scores[t]:.4f}"]
+                             for t, facts_task in zip(predictor.tasks, facts["tasks"])]  # fmt: skip
+        assert rows[-1][0] == "overall" and rows[-1][-1] == f"{predictor.dev_scores['overall']:.4f}"
+        assert text_of(browser, "card-base") == facts["base_model"]
+        assert text_of(browser, "card-license").startswith("not set: left empty for you to fill in")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#card-limitations li")) == len(facts["limitations"])
+        assert "ids-sst-train.csv" in text_of(browser, "card-data")
+        assert "Predictor.load(" in text_of(browser, "card-usage")
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= 1200
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        screen(browser, 1200, height, mobile=False)
+        shoot(browser, request, tmp_path, "serve-card.png")
+        screen(browser, 390, 844, mobile=True)
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= 390  # phones too
+        screen(browser, 390, browser.execute_script("return document.documentElement.scrollHeight"), mobile=True)
+        shoot(browser, request, tmp_path, "serve-card-phone.png")

@@ -155,3 +155,22 @@ def test_a_run_with_every_lever(tiny_checkpoint, small_data_dir, tmp_path):
     one_order = predict_checkpoint(tmp_path / "run", ["model.symmetric_predict=false"], tmp_path / "one_order")
     assert (tmp_path / "one_order" / "sts-dev-output.csv").read_text() != (tmp_path / "run" / "sts-dev-output.csv").read_text()
     assert one_order["sts"] != scores["sts"]
+
+
+def test_gradient_checkpointing_trains_the_same_run(tiny_checkpoint, small_data_dir, tmp_path):
+    """A whole run (dropout on, siamese and cross pairs in one step each) with the encoder's layers
+    recomputed in the backward: the same losses, dev scores and predictions as without, to the
+    bit (the same kernels on the same inputs with the same dropout masks, tests/test_model.py)."""
+    from conftest import train_tiny_run
+
+    phases = "train.phases=[{epochs: 1, lr: 1e-3, steps_per_epoch: 6}]"
+    plain = train_tiny_run(tmp_path / "plain", tiny_checkpoint, small_data_dir, [phases, "train.log_every_steps=1"])
+    recomputed = train_tiny_run(tmp_path / "ckpt", tiny_checkpoint, small_data_dir,
+                                [phases, "train.log_every_steps=1", "model.gradient_checkpointing=true"])  # fmt: skip
+    steps = [[{k: v for k, v in json.loads(line).items() if "time" not in k and not k.endswith("_s")}
+              for line in (run / "steps.jsonl").read_text().splitlines()] for run in (plain, recomputed)]  # fmt: skip
+    assert len(steps[0]) == 6 and steps[0] == steps[1]
+    metrics = [json.loads((run / "metrics.json").read_text()) for run in (plain, recomputed)]
+    assert metrics[0] == metrics[1]
+    for name in ("sst-dev-output.csv", "para-dev-output.csv", "sts-dev-output.csv"):
+        assert (plain / name).read_bytes() == (recomputed / name).read_bytes()
