@@ -233,7 +233,7 @@ def compile_compare(args) -> None:
             side.run_step(TASK_ORDER[i % len(TASK_ORDER)], timed=i >= args.warmup)
         if i % len(TASK_ORDER) == len(TASK_ORDER) - 1:
             meter.sample()
-        if (i + 1) % 30 == 0:
+        if (i + 1) % 6 == 0:
             print(f"  step {i + 1}: " + ", ".join(f"{s.name} {s.rate:.2f}/s" for s in sides if s.watch.seconds), flush=True)
     peak = meter.flops
     print(f"load average after: {open('/proc/loadavg').read().split()[0]}")
