@@ -34,7 +34,7 @@ per bucket shape (the compiled sides compile there; that time is reported on its
 and MFU, the compile time, the padding fraction of a whole pass over each task's training set,
 and an end-to-end estimate for the main job's step count (configs/main.yaml).
     python benchmarks/train_throughput.py --compile-compare [--threads 2] [--steps 120]
-        [--buckets 32,64,96,128] [--dynamic]
+        [--buckets 32,64,96,128] [--dynamic] [--compile-mode default|reduce-overhead|max-autotune]
 """
 
 from __future__ import annotations
@@ -143,6 +143,8 @@ class Variant(Minbert):
     def __init__(self, name: str, raw_train, args, buckets: list[int] | None, compiled: bool):
         cfg = load_run_config(args.data_dir, as_configured=True)
         cfg.train.length_buckets, cfg.train.compile = buckets, compiled
+        if compiled and buckets:
+            cfg.train.compile_mode = args.compile_mode
         self.name, self.compiled = name, compiled
         super().__init__(cfg, raw_train, args)
         self.compile_seconds = 0.0
@@ -273,6 +275,8 @@ def main() -> None:
     parser.add_argument("--buckets", default="32,64,96,128", help="--compile-compare's length buckets")
     parser.add_argument("--threads", type=int, default=2, help="--compile-compare's torch threads (default 2)")
     parser.add_argument("--dynamic", action="store_true", help="--compile-compare: also compiled without buckets (dynamic)")
+    parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
+                        help="--compile-compare: train.compile_mode of the compiled + buckets side (reduce-overhead: CUDA)")
     args = parser.parse_args()
     if args.compile_compare:
         compile_compare(args)
