@@ -22,11 +22,25 @@ Run (from the repository root):
         [--data-dir DIR] [--device cpu|cuda] [--random-init-base] [--only minbert|reference]
         [--as-configured]
 The last line is `ratio: X`, minbert's examples/s over the reference's.
+
+--compile-compare (issue 22): minbert alone, the main job's model as configured (main.yaml:
+cross-encoded pairs, mean pooling) on the main job's real batches (TaskStream, round-robin
+sst/para/sts, batch 32), in sides that alternate step by step in one process: today's default
+(eager, each batch padded to its longest row), eager + length buckets, compiled + buckets (static
+shapes, one graph per bucket) and, with --dynamic, compiled without buckets (dynamic shapes).
+Each side has its own model and optimizer. Before the timed steps, every side trains one batch
+per bucket shape (the compiled sides compile there; that time is reported on its own), then
+--warmup untimed steps. Printed: each side's examples/s and ratio to the default, its padding
+and MFU, the compile time, the padding fraction of a whole pass over each task's training set,
+and an end-to-end estimate for the main job's step count (configs/main.yaml).
+    python benchmarks/train_throughput.py --compile-compare [--threads 2] [--steps 120]
+        [--buckets 32,64,96,128] [--dynamic] [--compile-mode default|reduce-overhead|max-autotune]
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import time
 
 import hf_reference
@@ -35,10 +49,12 @@ import torch
 from common import (TASK_ORDER, MatmulPeak, Stopwatch, TokenStats, add_common_args, build_minbert, describe,
                     describe_model, load_run_config)  # fmt: skip
 from minbert import distributed
-from minbert.runs import encode_all, read_all
+from minbert.runs import encode_all, needed_splits, read_all
+from minbert.tasks.data import bucket_length, length_bucketed_batches
 from minbert.tasks.losses import task_loss
 from minbert.training.loop import make_optimizer
-from minbert.training.state import TaskStream, set_seed
+from minbert.training.samplers import epoch_schedule
+from minbert.training.state import TaskStream, compile_encoder, set_seed
 
 
 class Side:
@@ -116,13 +132,155 @@ class Reference(Side):
         return len(examples), masks, tok_seconds
 
 
+# ---------------------------------------------------------------------------------------
+# --compile-compare
+
+
+class Variant(Minbert):
+    """minbert's training step on the main job's model with train.length_buckets and
+    train.compile as given (what `minbert train` would do with those keys)."""
+
+    def __init__(self, name: str, raw_train, args, buckets: list[int] | None, compiled: bool):
+        cfg = load_run_config(args.data_dir, as_configured=True)
+        cfg.train.length_buckets, cfg.train.compile = buckets, compiled
+        if compiled and buckets:
+            cfg.train.compile_mode = args.compile_mode
+        self.name, self.compiled = name, compiled
+        super().__init__(cfg, raw_train, args)
+        self.compile_seconds = 0.0
+        if compiled:
+            compile_encoder(self.model, cfg)
+
+    def step_on(self, task: str, indices: list[int]) -> float:
+        """One training step on the given examples (the warm-up's shapes); its seconds."""
+        saved = self.streams[task]
+        self.streams[task] = _Fixed(indices)
+        start = time.perf_counter()
+        self.step(task)
+        seconds = time.perf_counter() - start
+        self.streams[task] = saved
+        return seconds
+
+
+class _Fixed:
+    def __init__(self, indices: list[int]):
+        self.indices = indices
+
+    def next_indices(self, *args) -> list[int]:
+        return self.indices
+
+
+def shape_batches(data, buckets: list[int], batch_size: int) -> list[list[int]]:
+    """A batch of `batch_size` examples for each bucket some example of `data` reaches: one
+    example whose padded length falls in that bucket and the shortest others."""
+    order = sorted(range(len(data)), key=lambda i: data.lengths[i])
+    out, low = [], 0
+    for b in sorted({*buckets, max(data.lengths)}):
+        inside = [i for i in order if low < data.lengths[i] <= b]
+        if inside:
+            out.append([inside[-1]] + [i for i in order[: batch_size] if i != inside[-1]][: batch_size - 1])
+        low = b
+    return out
+
+
+def padding_fraction(data, batch_size: int, bucket_batches: int, seed: int) -> float:
+    """Padded positions over all positions in one pass of training batches over `data` (as
+    TaskStream cuts them), each padded as `data` pads it (to its bucket where it has buckets)."""
+    real = padded = 0
+    for indices in length_bucketed_batches(data.lengths, batch_size, random.Random(f"{seed}/padding"), bucket_batches):
+        for side in data.sides:
+            lengths = [len(side[i]) for i in indices]
+            real += sum(lengths)
+            padded += len(lengths) * bucket_length(max(lengths), data.buckets)
+    return 1 - real / padded
+
+
+def main_job_steps() -> int:
+    """The optimizer steps of the main job (minbert/configs/main.yaml)."""
+    cfg = load_run_config(None, as_configured=True)
+    raw = read_all(cfg, {"train": needed_splits(cfg)["train"]})["train"]
+    total = 0
+    for i, phase in enumerate(cfg.train.phases):
+        sizes = {t: len(raw[t]) for t in phase.tasks}
+        total += sum(len(epoch_schedule(phase.sampler, sizes, cfg.train.batch_size, cfg.train.seed + i, (e, phase.epochs),
+                                        phase.steps_per_epoch)) for e in range(phase.epochs))  # fmt: skip
+    return total
+
+
+def compile_compare(args) -> None:
+    torch.set_num_threads(args.threads)
+    buckets = [int(b) for b in args.buckets.split(",")]
+    cfg = load_run_config(args.data_dir, as_configured=True)
+    set_seed(cfg.train.seed)
+    raw_train = read_all(cfg, {"train": TASK_ORDER})["train"]
+    plan = [("eager", None, False), ("eager+buckets", buckets, False), ("compiled+buckets", buckets, True)]
+    if args.dynamic:
+        plan.append(("compiled dynamic", None, True))
+    sides = [Variant(name, raw_train, args, b, c) for name, b, c in plan]
+    meter = MatmulPeak(args.device)
+    meter.sample(reps=3)
+    print(f"load average before: {open('/proc/loadavg').read().split()[0]}", flush=True)
+
+    warm = {t: shape_batches(sides[1].data[t], buckets, args.batch_size) for t in TASK_ORDER}
+    for side in sides:  # every bucket shape once per task (the compiled sides compile here)
+        start = time.perf_counter()
+        for t in TASK_ORDER:
+            for indices in warm[t]:
+                side.step_on(t, indices)
+        side.compile_seconds = time.perf_counter() - start
+        print(f"{side.name}: warm-up of {sum(map(len, warm.values()))} shape batches: {side.compile_seconds:.1f} s",
+              flush=True)
+    for i in range(args.warmup + args.steps):
+        for side in sides:
+            side.run_step(TASK_ORDER[i % len(TASK_ORDER)], timed=i >= args.warmup)
+        if i % len(TASK_ORDER) == len(TASK_ORDER) - 1:
+            meter.sample()
+        if (i + 1) % 6 == 0:
+            print(f"  step {i + 1}: " + ", ".join(f"{s.name} {s.rate:.2f}/s" for s in sides if s.watch.seconds), flush=True)
+    peak = meter.flops
+    print(f"load average after: {open('/proc/loadavg').read().split()[0]}")
+    print(f"device: {describe(args.device)}; matmul peak: {meter}")
+    print(f"encoder: {describe_model(cfg, False)}; batch size {args.batch_size}; buckets {buckets}; "
+          f"{args.steps} timed steps per side round-robin {'/'.join(TASK_ORDER)} after {args.warmup} untimed; "
+          f"sides alternate step by step")  # fmt: skip
+    from torch._dynamo.utils import counters
+
+    breaks = dict(counters["graph_break"])
+    print(f"graph breaks: {sum(breaks.values())} {breaks if breaks else ''}")
+    base = sides[0].rate
+    steps = main_job_steps()
+    per_step = {s.name: s.watch.seconds / args.steps for s in sides}
+    for side in sides:
+        st = side.stats
+        mfu = 100 * 3 * st.model_flops / side.watch.seconds / peak
+        eager_warm = sides[0].compile_seconds
+        compile_s = side.compile_seconds - eager_warm if side.compiled else 0.0
+        total = steps * per_step[side.name] + compile_s
+        print(f"{side.name}: {side.rate:.2f} examples/s, {1e3 * per_step[side.name]:.0f} ms/step, ratio {side.rate / base:.3f} | "
+              f"{100 * st.pad_fraction:.1f}% padding | MFU {mfu:.1f}% | compile {compile_s:.0f} s | main job "
+              f"({steps} steps) {total / 60:.1f} min, end-to-end ratio {steps * per_step['eager'] / total:.3f}")  # fmt: skip
+    for t in TASK_ORDER:
+        fractions = [padding_fraction(sides[i].data[t], args.batch_size, cfg.train.bucket_batches, cfg.train.seed)
+                     for i in (0, 1)]
+        print(f"padding over one pass of {t}: {100 * fractions[0]:.1f}% without buckets, {100 * fractions[1]:.1f}% with")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser)
     parser.add_argument("--steps", type=int, default=60, help="timed steps (default 60: 20 rounds)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=6, help="untimed steps first (default 6)")
+    parser.add_argument("--compile-compare", action="store_true", help="eager vs length buckets vs compiled (issue 22)")
+    parser.add_argument("--buckets", default="32,64,96,128", help="--compile-compare's length buckets")
+    parser.add_argument("--threads", type=int, default=2, help="--compile-compare's torch threads (default 2)")
+    parser.add_argument("--dynamic", action="store_true", help="--compile-compare: also compiled without buckets (dynamic)")
+    parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
+                        help="--compile-compare: train.compile_mode of the compiled + buckets side (reduce-overhead: CUDA)")
     args = parser.parse_args()
+    if args.compile_compare:
+        compile_compare(args)
+        return
 
     cfg = load_run_config(args.data_dir, args.as_configured)
     set_seed(cfg.train.seed)

@@ -128,7 +128,16 @@ class TrainConfig:
     cache_features: bool = True  # frozen phases train the heads on cached encoder vectors
     sts_loss: str = "mse"  # "mse", "cosent" (Su 2022) or "mse+cosent"
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16"
-    compile: bool = False  # torch.compile the encoder (dynamic shapes: batches vary in length)
+    # torch.compile the encoder: with dynamic shapes (batches vary in length), or, with
+    # length_buckets, static ones (one graph per batch shape). compile_mode is torch.compile's
+    # mode: "default", "reduce-overhead" (CUDA graphs: needs compile, length_buckets and a CUDA
+    # device) or "max-autotune"; a mode other than "default" needs compile.
+    compile: bool = False
+    compile_mode: str = "default"
+    # Pad every token batch (training, dev and test) up to the smallest of these lengths that
+    # holds its longest row (model.max_length is the last bucket): a run's batches then come in a
+    # few shapes. Increasing, each 1..model.max_length. None: each batch to its own longest row.
+    length_buckets: list[int] | None = None
     # Build (on a GPU: copy, from pinned memory) the next step's batch in a worker thread while
     # the current step runs; the same batches and results as without (training/prefetch.py).
     prefetch: bool = False
@@ -301,6 +310,8 @@ RULES: dict[str, Rule] = {
     "train.eval_subset": Rule(test=lambda v: v >= 2, words=">= 2, for a correlation"),
     "train.bucket_batches": AT_LEAST_1,
     "train.pack_length": Rule(test=lambda v: 1 <= v <= 4096, words="1 <= value <= 4096"),  # attention is (rows, W, W)
+    "train.compile_mode": one_of("default", "reduce-overhead", "max-autotune"),
+    "train.length_buckets.*": AT_LEAST_1,  # increasing and at most model.max_length: checked in validate
     "train.rdrop": FINITE_NON_NEGATIVE,
     "train.distill_weight": Rule(test=lambda v: 0 <= v <= 1, words="0 <= value <= 1"),
     "train.sts_loss": one_of(*LOSSES["regression"]),
@@ -334,7 +345,7 @@ def _values(cfg: RunConfig, dotted: str) -> list[tuple[str, Any]]:
         for key, node in found:
             items = enumerate(node) if isinstance(node, list) else node.items() if isinstance(node, dict) else None
             if part == "*":
-                step += [(f"{key}.{k}", v) for k, v in items]
+                step += [(f"{key}.{k}", v) for k, v in items or ()]  # a list that is None (not set): nothing
             else:
                 step.append((f"{key}.{part}", node[part] if isinstance(node, dict) else getattr(node, part)))
         found = step
@@ -377,11 +388,35 @@ def validate(cfg: RunConfig) -> None:
     if cfg.train.pack_length is not None and not cfg.train.packing:
         raise ConfigError(f"train.pack_length: {cfg.train.pack_length} is set but train.packing is false "
                           "(set train.packing=true, or leave pack_length null)")  # fmt: skip
+    if cfg.train.packing and cfg.train.length_buckets:
+        raise ConfigError("train.packing: packed rows vary in number, so they cannot keep train.length_buckets' "
+                          "fixed shapes; use one of the two")  # fmt: skip
+    _check_compile(cfg.train, cfg.model.max_length)
     if cfg.model.similarity_head == "cosine" and cfg.model.pair_encoding == "cross":
         raise ConfigError("model.similarity_head 'cosine' needs model.pair_encoding 'siamese'")
     if cfg.train.prefetch and cfg.train.grad_accum_steps > 1:
         raise ConfigError(f"train.prefetch: true does not work with train.grad_accum_steps {cfg.train.grad_accum_steps} "
                           "(it builds one batch a step ahead); set one of them off")  # fmt: skip
+
+
+def _check_compile(train: TrainConfig, max_length: int) -> None:
+    """length_buckets increasing and within model.max_length; compile_mode's needs (the device's:
+    training.state.launch_checks)."""
+    buckets = train.length_buckets
+    if buckets is not None and not buckets:
+        raise ConfigError("train.length_buckets: an empty list; give at least one length, or null for none")
+    for i, (a, b) in enumerate(zip(buckets or [], (buckets or [])[1:]), 1):
+        if b <= a:
+            raise ConfigError(f"train.length_buckets.{i}: {b} is not above the bucket before it ({a}); "
+                              f"buckets must be increasing, got {buckets}")  # fmt: skip
+    if buckets and buckets[-1] > max_length:
+        raise ConfigError(f"train.length_buckets.{len(buckets) - 1}: {buckets[-1]} is more than model.max_length "
+                          f"({max_length}), the longest a row can be")  # fmt: skip
+    if train.compile_mode != "default" and not train.compile:
+        raise ConfigError(f"train.compile_mode: {train.compile_mode!r} needs train.compile=true")
+    if train.compile_mode == "reduce-overhead" and not buckets:
+        raise ConfigError("train.compile_mode: 'reduce-overhead' (CUDA graphs, one per batch shape) needs "
+                          "train.length_buckets, e.g. [32, 64, 96, 128]")  # fmt: skip
 
 
 def window_stride(model: ModelConfig, split: str) -> int | None:

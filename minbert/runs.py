@@ -101,11 +101,12 @@ def fixed_sample(examples: list[Example], k: int | None, key: str) -> list[Examp
 
 
 def encode_all(raw: Raw, tokenizer: WordPieceTokenizer, cfg: RunConfig) -> Encoded:
-    """Every split's examples tokenised, each with its task's spec (a train-only task's owner's)."""
+    """Every split's examples tokenised, each with its task's spec (a train-only task's owner's);
+    batches padded to train.length_buckets where set."""
     tasks = TaskSet.of(cfg.tasks)
     return {
         split: {task: EncodedTask(tasks[task], examples, tokenizer, tasks[task].pair_encoding or cfg.model.pair_encoding,
-                                  cfg.model.max_length, window_stride(cfg.model, split))  # fmt: skip
+                                  cfg.model.max_length, window_stride(cfg.model, split), cfg.train.length_buckets)  # fmt: skip
                 for task, examples in by_task.items()}
         for split, by_task in raw.items()
     }

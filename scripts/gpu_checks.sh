@@ -26,6 +26,10 @@ bench train_base train_throughput.py --random-init-base --steps 300 --warmup 30
 bench train_embedded train_throughput.py --steps 300 --warmup 30
 bench train_base_b128 train_throughput.py --random-init-base --only minbert --batch-size 128 --steps 120 --warmup 12
 bench predict_embedded predict_throughput.py
+# Issue 22: length buckets and compilation (eager, eager + buckets, compiled + buckets, compiled
+# dynamic), then the compiled side with CUDA graphs (reduce-overhead, one graph per bucket).
+bench compile_compare train_throughput.py --compile-compare --dynamic --steps 300 --warmup 30
+bench compile_cudagraphs train_throughput.py --compile-compare --compile-mode reduce-overhead --steps 300 --warmup 30
 }
 
 # The recipes of the sweep: phases as YAML, on top of minbert/configs/main.yaml (the default config).
@@ -47,11 +51,14 @@ declare -A PHASES=(
 )
 declare -A EXTRA=(
   [s0_best_compile]="--train.compile=true"
+  [s0_best_buckets]="--train.length_buckets=[32,64,96,128]"
+  [s0_best_buckets_compile]="--train.compile=true --train.length_buckets=[32,64,96,128]"
+  [s0_best_cudagraphs]="--train.compile=true --train.compile_mode=reduce-overhead --train.length_buckets=[32,64,96,128]"
   [s2_rr6_phrases_cosent]="--data.sst_phrases=true --train.sts_loss=mse+cosent"
   [s3_rr6_cosent]="--train.sts_loss=mse+cosent"
   [s8_proportional4_cosent]="--train.sts_loss=mse+cosent"
 )
-names=${SWEEP-"s0_best s0_best_compile s1_rr6 s2_rr6_phrases_cosent s3_rr6_cosent s4_rr6_layer_decay s5_proportional4
+names=${SWEEP-"s0_best s0_best_compile s0_best_buckets s0_best_buckets_compile s0_best_cudagraphs s1_rr6 s2_rr6_phrases_cosent s3_rr6_cosent s4_rr6_layer_decay s5_proportional4
   s6_mlm_rr6 s7_rr12 s8_proportional4_cosent s9_proportional6 s10_rr6_lr1e-4"}
 seconds=${SWEEP_SECONDS:-300}
 pids=()

@@ -257,20 +257,35 @@ def _parse_row(row: list[str], header: list[str], col: dict[str, int], schema: R
 # Batching: pad each batch to its own longest sequence; bucket by length to pad little.
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the batch's longest sequence: (input_ids (B, T), attention_mask (B, T)).
-    Whole tensors, not row by row: the mask from the lengths, then every token written into its
-    place in one copy: 8 operators for any batch, where writing row by row took 7 a row."""
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to `length` (default: the batch's longest sequence): (input_ids (B, T),
+    attention_mask (B, T)). Whole tensors, not row by row: the mask from the lengths, then every
+    token written into its place in one copy: 8 operators for any batch, where writing row by
+    row took 7 a row."""
     lengths = [len(s) for s in seqs]
-    mask = torch.arange(max(lengths)) < torch.tensor(lengths)[:, None]  # (B, T)
+    T = max(lengths) if length is None else length
+    if T < max(lengths):
+        raise ValueError(f"pad_batch: a sequence of {max(lengths)} tokens does not fit in length {T}")
+    mask = torch.arange(T) < torch.tensor(lengths)[:, None]  # (B, T)
     ids = torch.full(mask.shape, pad_id, dtype=torch.long)
     ids[mask] = torch.tensor(list(itertools.chain.from_iterable(seqs)), dtype=torch.long)  # row-major, as the mask
     return ids, mask.long()
 
 
-def has_padding(seqs: Sequence[Sequence[int]]) -> bool:
-    """Whether `pad_batch` pads any of these sequences (they are not all of one length)."""
-    return len({len(s) for s in seqs}) > 1
+def has_padding(seqs: Sequence[Sequence[int]], length: int | None = None) -> bool:
+    """Whether `pad_batch` (to `length`, default the longest) pads any of these sequences."""
+    lengths = {len(s) for s in seqs}
+    return len(lengths) > 1 or (length is not None and length > max(lengths))
+
+
+def bucket_length(longest: int, buckets: Sequence[int] | None) -> int:
+    """The length a batch whose longest sequence has `longest` tokens is padded to: the smallest
+    of the (increasing) `buckets` that holds it (train.length_buckets), so that a run's batches
+    come in a few shapes; without buckets, or above the last one, `longest` itself."""
+    for b in buckets or ():
+        if b >= longest:
+            return b
+    return longest
 
 
 def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:

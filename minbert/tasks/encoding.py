@@ -13,6 +13,11 @@ Packed batches (`batch(..., pack=W)`, train.packing): the batch's sequences also
 in rows of at least W tokens (`data.pack_batch`), which the encoder reads instead of the padded
 rows; each sequence attends to itself only and is pooled alone, so the heads see the vectors
 the padded batch gives, up to float rounding (tests/tasks/test_packing.py).
+
+Length buckets (`length_buckets`, train.length_buckets): every batch is padded up to the
+smallest bucket that holds its longest row (max_length is the last bucket), so batches come in
+a few lengths only: what a compiled encoder with static shapes needs (one graph per shape).
+The extra positions are masked padding like any other.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minbert.tasks.data import Example, Packed, has_padding, pack_batch, pad_batch
+from minbert.tasks.data import Example, Packed, bucket_length, has_padding, pack_batch, pad_batch
 from minbert.tasks.spec import TaskSpec
 from minbert.tokenizer import WordPieceTokenizer
 
@@ -70,10 +75,13 @@ class EncodedTask:
         pair_encoding: str = "siamese",
         max_length: int = 128,
         stride: int | None = None,
+        length_buckets: list[int] | tuple[int, ...] | None = None,
     ):
         self.spec = spec
         self.ids = [e.id for e in examples]
         self.pad_id = tokenizer.pad_id
+        # The lengths batches are padded to (None: each batch's longest row); max_length closes the list.
+        self.buckets = None if not length_buckets else tuple(sorted({*length_buckets, max_length}))
         labelled = examples[0].label is not None
         self.labels = torch.tensor([e.label for e in examples], dtype=spec.label_dtype) if labelled else None
         self.soft: torch.Tensor | None = None  # a teacher's soft labels, row i for example i (distillation)
@@ -117,12 +125,21 @@ class EncodedTask:
         counts = torch.bincount(owner, minlength=len(self.ids)).to(outputs.dtype)
         return sums / counts.view(-1, *[1] * (outputs.dim() - 1))
 
-    def _token_types(self, indices: list[int], swap: list[bool] | None = None) -> torch.Tensor | None:
-        """Padded segment ids of cross-encoded pairs; None for single sequences."""
+    def padded_length(self, seqs: list[list[int]]) -> int | None:
+        """The length a batch of `seqs` is padded to: its bucket; None (the longest) without buckets."""
+        return None if self.buckets is None else bucket_length(max(len(s) for s in seqs), self.buckets)
+
+    def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(input_ids, attention_mask, padded): `seqs` padded to their batch length."""
+        length = self.padded_length(seqs)
+        return *pad_batch(seqs, self.pad_id, length), has_padding(seqs, length)
+
+    def _token_types(self, indices: list[int], swap: list[bool] | None = None, length: int | None = None) -> torch.Tensor | None:
+        """Padded (to `length`) segment ids of cross-encoded pairs; None for single sequences."""
         if self.types is None:
             return None
         swap = swap or [False] * len(indices)
-        return pad_batch([self._pick(1, i, s) for i, s in zip(indices, swap)], 0)[0]
+        return pad_batch([self._pick(1, i, s) for i, s in zip(indices, swap)], 0, length)[0]
 
     def _pick(self, part: int, i: int, swapped: bool) -> list[int]:
         """Pair i's ids (part 0) or segment ids (part 1), in its own order or the swapped one."""
@@ -137,8 +154,8 @@ class EncodedTask:
     def side_batch(self, side: int, indices: list[int]) -> Batch:
         """One side of the pairs alone (or the sentences / cross-encoded pairs), unlabelled."""
         seqs = [self.sides[side][i] for i in indices]
-        input_ids, mask = pad_batch(seqs, self.pad_id)
-        return Batch(input_ids, mask, self._token_types(indices), False, None, indices, has_padding(seqs))
+        input_ids, mask, padded = self._pad(seqs)
+        return Batch(input_ids, mask, self._token_types(indices, None, input_ids.shape[1]), False, None, indices, padded)
 
     def batch(self, indices: list[int], swap: list[bool] | None = None, pack: int | None = None) -> Batch:
         """The examples at `indices`, padded; `swap` (cross-encoded pairs): which pairs to encode
@@ -150,11 +167,11 @@ class EncodedTask:
             seqs = [side[i] for side in self.sides for i in indices]  # siamese: all a's, then all b's
         else:
             seqs = [self._pick(0, i, s) for i, s in zip(indices, swap)]
-        input_ids, mask = pad_batch(seqs, self.pad_id)
-        token_type_ids = self._token_types(indices, swap)
+        input_ids, mask, padded = self._pad(seqs)
+        token_type_ids = self._token_types(indices, swap, input_ids.shape[1])
         labels = self.labels[self.examples_of(indices)] if self.labels is not None else None
         packed = None
         if pack is not None:
             types = None if self.types is None else [self._pick(1, i, s) for i, s in zip(indices, swap or [False] * len(indices))]
             packed = pack_batch(seqs, types, self.pad_id, pack)
-        return Batch(input_ids, mask, token_type_ids, self.siamese, labels, indices, has_padding(seqs), packed)
+        return Batch(input_ids, mask, token_type_ids, self.siamese, labels, indices, padded, packed)

@@ -227,12 +227,35 @@ def launch_checks(cfg: RunConfig, out_dir: Path, options: TrainOptions) -> Check
     thread count; return the checkpoint a resumed run continues from (None: none, or fresh)."""
     if distributed.world_size() > 1 and any(p.mode == "mlm" for p in cfg.train.phases):
         raise ValueError("MLM phases run in one process; start them without torchrun")
+    if cfg.train.compile_mode == "reduce-overhead" and _device(options).type != "cuda":
+        raise ConfigError(f"train.compile_mode: 'reduce-overhead' records CUDA graphs and needs a CUDA device; this "
+                          f"run's device is {_device(options)} (use compile_mode 'default' there)")  # fmt: skip
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     resume_ckpt = checkpoint_to_resume(cfg, out_dir) if options.resume else None
     if not options.resume and not options.overwrite and any((out_dir / n).exists() for n in (LAST, "config.yaml")):
         raise RunError(f"{out_dir}: already holds a run; pass --resume to continue it, or --overwrite to start it again")
     return resume_ckpt
+
+
+def _device(options: TrainOptions) -> torch.device:
+    return torch.device(options.device) if options.device else distributed.default_device()
+
+
+def compile_encoder(model: MultitaskBert, cfg: RunConfig) -> None:
+    """torch.compile the encoder in place (parameter names stay checkpoint keys), in
+    train.compile_mode: with length buckets, static shapes (one graph per batch shape, train and
+    eval mode apart, enough of them allowed); without, dynamic shapes (batches vary in length)."""
+    buckets = cfg.train.length_buckets
+    if buckets:
+        import torch._dynamo
+
+        # Shapes a run can meet: each bucket (and max_length) x {a full batch, a pass's last
+        # partial one per task, eval batches} x {train, eval}; a bound, beyond which dynamo
+        # would run the encoder uncompiled.
+        limit = 4 * (len(buckets) + 1) * (len(cfg.tasks) + 3)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    model.bert.compile(dynamic=not buckets, mode=cfg.train.compile_mode)
 
 
 def checkpoint_to_resume(cfg: RunConfig, out_dir: Path) -> Checkpoint | None:
@@ -349,10 +372,10 @@ def start(cfg: RunConfig, out_dir: Path, model: MultitaskBert, tokenizer: WordPi
     raw examples (for the probes), their encoding and the files' DataRecord (check_data). (7
     parameters: what the recipe has built so far, each once.)"""
     raw, encoded, record = data
-    device = torch.device(options.device) if options.device else distributed.default_device()
+    device = _device(options)
     model.to(device)
     if cfg.train.compile:
-        model.bert.compile(dynamic=True)  # in place: parameter names stay checkpoint keys
+        compile_encoder(model, cfg)
     # DDP: unused heads (one task per step) are expected, hence find_unused_parameters.
     world = distributed.world_size()
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
