@@ -301,7 +301,7 @@ def _trial(trial, config, overrides: list[str], params: list[Param], key: str, o
     evaluation reported (the pruner may stop the run there); the objective: the final dev score."""
     import optuna
 
-    values = {p.key: trial._suggest(p.key, p.distribution()) for p in params}
+    values = {p.key: suggest(trial, p) for p in params}
     cfg = load_config(config, [*overrides, *(override(k, v) for k, v in values.items())])
     run_dir = out / f"trial-{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir))
@@ -336,6 +336,16 @@ def _trial(trial, config, overrides: list[str], params: list[Param], key: str, o
         if run_dir.is_dir():
             text = json.dumps(note, indent=2) + "\n"
             atomic_write(run_dir / "trial.json", lambda tmp: tmp.write_text(text))
+
+
+def suggest(trial, p: Param):
+    """The trial's value of `p` through Optuna's public suggest_* (the distribution it stores is
+    `p.distribution()`)."""
+    if p.kind == "choice":
+        return trial.suggest_categorical(p.key, p.choices)
+    if p.kind == "int":
+        return trial.suggest_int(p.key, p.low, p.high, step=p.step or 1, log=p.log)
+    return trial.suggest_float(p.key, p.low, p.high, log=p.log)
 
 
 def _best(study):

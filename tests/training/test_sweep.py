@@ -49,3 +49,23 @@ def test_bad_space_files_name_file_and_line(tmp_path, text, line, reason):
     with pytest.raises(ConfigError) as e:
         load_space(space, None)
     assert str(e.value).startswith(f"{space}:{line}: ") and reason in str(e.value)
+
+
+def test_public_suggest_stores_the_space_distributions(tmp_path):
+    import optuna
+
+    from minbert.training.sweep import suggest
+
+    space = tmp_path / "space.yaml"
+    space.write_text("train.phases.0.lr: {low: 1e-5, high: 1e-3, log: true}\ntrain.phases.0.warmup_ratio: {low: 0.0, high: 0.3}\n"
+                     "train.batch_size: {low: 8, high: 32, type: int, step: 8}\ntrain.phases.0.epochs: {low: 1, high: 4, type: int, log: true}\n"
+                     "model.pooling: {choices: [cls, mean]}\n")  # fmt: skip
+    params = load_space(space, None)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(3):
+        trial = study.ask()
+        values = {p.key: suggest(trial, p) for p in params}
+        study.tell(trial, 0.0)
+    stored = study.trials[-1]
+    assert stored.distributions == {p.key: p.distribution() for p in params}
+    assert stored.params == values and values["train.batch_size"] in (8, 16, 24, 32) and values["model.pooling"] in ("cls", "mean")
