@@ -18,6 +18,8 @@ import csv
 import io
 import json
 import math
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ from minbert.training.state import TrainOptions
 NO_OPTUNA = "optuna is not installed: pip install 'minbert[sweep]'"
 SPEC_KEYS = {"low", "high", "log", "type", "step", "choices"}
 PICTURES = ("history.png", "importances.png", "parallel.png")
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which worker ran a trial (trial.json, the trial's user attrs)
 
 
 @dataclass(frozen=True)
@@ -232,10 +235,7 @@ def open_study(out: Path, options: SweepOptions, create_ok: bool = True):
     import optuna
 
     url = options.storage or f"sqlite:///{out.resolve() / 'study.db'}"
-    storage = optuna.storages.RDBStorage(
-        url, heartbeat_interval=max(1, round(options.heartbeat_s)), grace_period=max(3, round(3 * options.heartbeat_s)),
-        heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
-        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)  # fmt: skip
+    storage = _storage(url, options.heartbeat_s)
     pruner = options.pruner
     if pruner == "median":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
@@ -247,6 +247,26 @@ def open_study(out: Path, options: SweepOptions, create_ok: bool = True):
     name = options.study_name or out.resolve().name
     return optuna.create_study(storage=storage, study_name=name, direction="maximize", pruner=pruner, sampler=sampler,
                                load_if_exists=True)  # fmt: skip
+
+
+def _storage(url: str, heartbeat_s: float, attempts: int = 5):
+    """optuna's RDBStorage at `url`, with heartbeats. Workers that start together on a new
+    database race to create its tables (one gets IntegrityError or OperationalError, "table
+    already exists"): the loser tries again once the winner's tables are there."""
+    import optuna
+    import sqlalchemy.exc
+
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    for attempt in range(attempts):  # 4.9 renamed RetryFailedTrialCallback (the old name warns)
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=max(1, round(heartbeat_s)), grace_period=max(3, round(3 * heartbeat_s)),
+                heartbeat_stale_trial_callback=retry(max_retry=1),
+                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)  # fmt: skip
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def sweep(config: str | Path | None, space: str | Path, out: str | Path, options: SweepOptions,
@@ -279,7 +299,7 @@ def sweep(config: str | Path | None, space: str | Path, out: str | Path, options
     if remaining > 0:
         done = optuna.study.MaxTrialsCallback(options.trials, states=_states("COMPLETE", "PRUNED", "RUNNING"))
         study.optimize(lambda trial: _trial(trial, config, overrides, params, key, out, options), n_trials=remaining,
-                       catch=(RunError,), callbacks=[done, lambda s, t: write_tables(s, out, params, key)])  # fmt: skip
+                       catch=(RunError, Surplus), callbacks=[done, lambda s, t: write_tables(s, out, params, key)])  # fmt: skip
     write_tables(study, out, params, key)
     draw_pictures(study, out)
     best = _best(study)
@@ -296,15 +316,35 @@ def _count(study, names: tuple[str, ...]) -> int:
     return len(study.get_trials(deepcopy=False, states=_states(*names)))
 
 
+class Surplus(Exception):
+    """A trial begun after the study had its trials (see `_surplus`): it ends at once, FAIL."""
+
+
+def _surplus(trial, trials: int) -> bool:
+    """Whether the trials numbered before this one (complete, pruned, running or waiting) are
+    already `trials`. Two workers that finish at the same moment both see the study one short
+    and both begin a trial (MaxTrialsCallback counts before the next trial exists): the later
+    number is the surplus one."""
+    earlier = trial.study.get_trials(deepcopy=False, states=_states("COMPLETE", "PRUNED", "RUNNING", "WAITING"))
+    return sum(t.number < trial.number for t in earlier) >= trials
+
+
 def _trial(trial, config, overrides: list[str], params: list[Param], key: str, out: Path, options: SweepOptions) -> float:
     """One trial: the sampled values as overrides, an ordinary run in OUT/trial-NNNN, each dev
-    evaluation reported (the pruner may stop the run there); the objective: the final dev score."""
+    evaluation reported (the pruner may stop the run there); the objective: the final dev score.
+    A surplus trial (another worker's made the study whole) stops this worker, untrained."""
     import optuna
 
-    values = {p.key: trial._suggest(p.key, p.distribution()) for p in params}
+    if _surplus(trial, options.trials):
+        trial.set_user_attr("note", f"surplus: the study had its {options.trials} trials; not run")
+        trial.study.stop()
+        raise Surplus(f"trial {trial.number}: the study had its {options.trials} trials")
+
+    values = {p.key: suggest(trial, p) for p in params}
     cfg = load_config(config, [*overrides, *(override(k, v) for k, v in values.items())])
     run_dir = out / f"trial-{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("worker", WORKER)
     trial.set_user_attr("config", to_dict(cfg))
     evaluations = []
 
@@ -331,11 +371,21 @@ def _trial(trial, config, overrides: list[str], params: list[Param], key: str, o
     finally:
         wall = round(time.time() - started, 1)
         trial.set_user_attr("wall_s", wall)
-        note = {"trial": trial.number, "study": trial.study.study_name, "state": state, "params": values,
-                "evaluations": evaluations, "wall_s": wall}  # fmt: skip
+        note = {"trial": trial.number, "study": trial.study.study_name, "worker": WORKER, "state": state,
+                "params": values, "evaluations": evaluations, "wall_s": wall}  # fmt: skip
         if run_dir.is_dir():
             text = json.dumps(note, indent=2) + "\n"
             atomic_write(run_dir / "trial.json", lambda tmp: tmp.write_text(text))
+
+
+def suggest(trial, p: Param):
+    """The trial's value of `p` through Optuna's public suggest_* (the distribution it stores is
+    `p.distribution()`)."""
+    if p.kind == "choice":
+        return trial.suggest_categorical(p.key, p.choices)
+    if p.kind == "int":
+        return trial.suggest_int(p.key, p.low, p.high, step=p.step or 1, log=p.log)
+    return trial.suggest_float(p.key, p.low, p.high, log=p.log)
 
 
 def _best(study):
@@ -355,13 +405,13 @@ def write_tables(study, out: Path, params: list[Param], key: str) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["number", "state", key, *(p.key for p in params), *(f"dev_{m}" for m in metrics), "wall_s",
-                     "baseline", "run_dir"])  # fmt: skip
+                     "baseline", "run_dir", "note"])  # fmt: skip
     for t in trials:
         dev = t.user_attrs.get("dev", {})
         writer.writerow([t.number, t.state.name, "" if t.value is None else t.value,
                          *(t.params.get(p.key, "") for p in params), *(dev.get(m, "") for m in metrics),
                          t.user_attrs.get("wall_s", ""), bool(t.user_attrs.get("baseline")),
-                         t.user_attrs.get("run_dir", "")])  # fmt: skip
+                         t.user_attrs.get("run_dir", ""), t.user_attrs.get("note", "")])  # fmt: skip
     text = buf.getvalue()
     atomic_write(out / "trials.csv", lambda tmp: tmp.write_text(text))
     best = _best(study)
