@@ -173,14 +173,14 @@ def test_a_worker_killed_mid_trial_leaves_it_failed_and_resume_finishes_the_stud
     space = tmp_path / "space.yaml"
     space.write_text("train.phases.0.lr: {low: 1e-4, high: 3e-3, log: true}\n")
     out = tmp_path / "sweep"
-    overrides = [*tiny(tiny_checkpoint, small_data_dir, tmp_path), "train.phases=[{epochs: 3, lr: 1e-3}]"]
+    # Epochs enough that a trial outlasts the polling below even on a quiet machine (3 took < 1 s).
+    overrides = [*tiny(tiny_checkpoint, small_data_dir, tmp_path), "train.phases=[{epochs: 12, lr: 1e-3}]"]
     proc = worker(out, space, 3, overrides, "--heartbeat-s", "1", "--seed", "0")
     storage = f"sqlite:///{out / 'study.db'}"
     deadline = time.monotonic() + 180
     while not (out / "trial-0001" / "config.yaml").is_file():  # trial 0 complete, trial 1's run started
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
-        time.sleep(0.1)
-    time.sleep(1.0)  # into its training
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     study = optuna.load_study(study_name="sweep", storage=storage)
