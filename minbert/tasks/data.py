@@ -15,6 +15,7 @@ never loses a row: each needs a prediction.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -315,6 +316,7 @@ class Packed:
     position_ids: torch.Tensor  # (R, W): 0, 1, ... from each sequence's first token
     segments: torch.Tensor  # (R, W): the sequence each token belongs to (a row's padding: one of its own)
     unpack: torch.Tensor  # (N, T): position in the flattened (R * W) rows of sequence n's token t
+    mask: torch.Tensor  # (N, T): the padded batch's attention mask, which tokens of unpack's rows are real
 
     @property
     def attention(self) -> torch.Tensor:
@@ -322,10 +324,10 @@ class Packed:
         return self.segments[:, :, None] == self.segments[:, None, :]
 
     def tensors(self) -> list[torch.Tensor]:
-        return [t for t in (self.input_ids, self.token_type_ids, self.position_ids, self.segments, self.unpack) if t is not None]
+        return [t for t in (getattr(self, f.name) for f in dataclasses.fields(self)) if t is not None]
 
     def to(self, move: Callable[[torch.Tensor | None], torch.Tensor | None]) -> "Packed":
-        return Packed(*(move(t) for t in (self.input_ids, self.token_type_ids, self.position_ids, self.segments, self.unpack)))
+        return Packed(*(move(getattr(self, f.name)) for f in dataclasses.fields(self)))
 
 
 def pack_batch(
@@ -347,7 +349,8 @@ def pack_batch(
     length = torch.tensor(lengths)
     t = torch.arange(T)
     mask = t < length[:, None]  # (N, T), as pad_batch's
-    place = torch.tensor(starts)[:, None] + t  # (N, T): where token t of sequence n goes
+    first = torch.tensor(starts)[:, None]  # (N, 1)
+    place = first + t  # (N, T): where token t of sequence n goes
     dest = place[mask]  # (tokens,), in the order of the chained sequences
 
     def scatter(fill: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -362,8 +365,8 @@ def pack_batch(
     positions = scatter(torch.zeros(R * W, dtype=torch.long), t.expand(N, T)[mask])
     own_padding = torch.arange(R).repeat_interleave(W) + N  # a row's padding: segment N + r
     segments = scatter(own_padding, torch.arange(N).repeat_interleave(length))
-    unpack = torch.tensor(starts)[:, None] + torch.minimum(t, length[:, None] - 1)  # padding: the last token (unread)
-    return Packed(ids, token_types, positions, segments, unpack)
+    unpack = first + torch.minimum(t, length[:, None] - 1)  # padding: the last token (unread)
+    return Packed(ids, token_types, positions, segments, unpack, mask.long())
 
 
 def padding_fraction(lengths: Sequence[int], width: int | None = None) -> float:

@@ -33,9 +33,9 @@ from minbert.tokenizer import WordPieceTokenizer
 
 @dataclass
 class Batch:
-    input_ids: torch.Tensor  # (N, T); N = 2B for a siamese pair batch
-    attention_mask: torch.Tensor  # (N, T)
-    token_type_ids: torch.Tensor | None  # (N, T) for cross-encoded pairs
+    input_ids: torch.Tensor | None  # (N, T); N = 2B for a siamese pair batch; None when packed
+    attention_mask: torch.Tensor  # (N, T) (packed: packed.mask, the same tensor)
+    token_type_ids: torch.Tensor | None  # (N, T) for cross-encoded pairs, not packed
     siamese: bool
     labels: torch.Tensor | None  # (B,) or (B, ...) when labelled
     indices: list[int]  # positions of the examples in their EncodedTask
@@ -55,13 +55,17 @@ class Batch:
                 return None
             return (t.pin_memory() if pin else t).to(device, non_blocking=True)
 
+        if self.packed is not None:  # its mask moved once, with the rows
+            packed = self.packed.to(move)
+            return Batch(None, packed.mask, None, self.siamese, move(self.labels), self.indices, self.padded, packed)
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.token_type_ids), self.siamese,
-                     move(self.labels), self.indices, self.padded, self.packed and self.packed.to(move))  # fmt: skip
+                     move(self.labels), self.indices, self.padded)  # fmt: skip
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor the batch holds (for a side stream's record_stream)."""
-        held = [self.input_ids, self.attention_mask, self.token_type_ids, self.labels]
-        return [t for t in held if t is not None] + (self.packed.tensors() if self.packed is not None else [])
+        held = [self.input_ids, self.token_type_ids, self.labels]
+        held += self.packed.tensors() if self.packed is not None else [self.attention_mask]
+        return [t for t in held if t is not None]
 
 
 class EncodedTask:
@@ -167,11 +171,11 @@ class EncodedTask:
             seqs = [side[i] for side in self.sides for i in indices]  # siamese: all a's, then all b's
         else:
             seqs = [self._pick(0, i, s) for i, s in zip(indices, swap)]
-        input_ids, mask, padded = self._pad(seqs)
-        token_type_ids = self._token_types(indices, swap, input_ids.shape[1])
         labels = self.labels[self.examples_of(indices)] if self.labels is not None else None
-        packed = None
-        if pack is not None:
+        if pack is not None:  # the encoder reads the rows: no padded ids built, only the padded mask (pooling's)
             types = None if self.types is None else [self._pick(1, i, s) for i, s in zip(indices, swap or [False] * len(indices))]
             packed = pack_batch(seqs, types, self.pad_id, pack)
-        return Batch(input_ids, mask, token_type_ids, self.siamese, labels, indices, padded, packed)
+            return Batch(None, packed.mask, None, self.siamese, labels, indices, has_padding(seqs), packed)
+        input_ids, mask, padded = self._pad(seqs)
+        token_type_ids = self._token_types(indices, swap, input_ids.shape[1])
+        return Batch(input_ids, mask, token_type_ids, self.siamese, labels, indices, padded)
