@@ -74,7 +74,8 @@ def cached_features(model: MultitaskBert, data: EncodedTask, cache_dir: Path | N
 
 
 class FrozenFeatures:
-    """Cached vectors of every split the run uses, served by example index."""
+    """Cached vectors of every split the run uses, served by example index: its tasks' data
+    only (not the MLM phases' sentences, data["train"]["mlm"], which no frozen phase reads)."""
 
     def __init__(self, model: MultitaskBert, data: dict[str, dict[str, EncodedTask]], cfg, device):
         self.device = device
@@ -84,6 +85,8 @@ class FrozenFeatures:
         self.hits = 0
         for split, tasks in data.items():
             for task, encoded in tasks.items():
+                if not isinstance(encoded, EncodedTask):
+                    continue
                 vectors, hit = cached_features(model, encoded, cache_dir, cfg.train.eval_batch_size, device, key)
                 self.vectors[split, task] = vectors
                 self.hits += hit

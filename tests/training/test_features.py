@@ -69,3 +69,14 @@ def test_cached_training_equals_uncached(tiny_checkpoint, small_data_dir, tmp_pa
     ref = load_pretrained(tiny_checkpoint).state_dict()
     for name, t in ref.items():
         torch.testing.assert_close(enc["bert." + name], t, rtol=0, atol=0)
+
+
+def test_an_mlm_phase_then_a_frozen_phase_on_cached_vectors(tiny_checkpoint, small_data_dir, tmp_path):
+    """The MLM phase's sentences (data["train"]["mlm"]) are not a task: the frozen phase caches
+    the tasks' vectors only (this crashed: 'MaskedLMTask' object has no attribute 'sides')."""
+    cfg = frozen_config(tiny_checkpoint, small_data_dir, tmp_path / "c", "train.predict_test=false",
+        "train.phases=[{name: mlm, tasks: [sst, para], mode: mlm, epochs: 1, steps_per_epoch: 3, lr: 1e-3},"
+        " {name: heads, tasks: [sst, para, sts], mode: frozen, epochs: 1, lr: 1e-2}]")  # fmt: skip
+    got = train(cfg, tmp_path / "run", TrainOptions(progress=False))
+    assert all(0 <= got[k] <= 1 for k in ("sst", "para")) and -1 <= got["sts"] <= 1
+    assert sum(1 for _ in (tmp_path / "c").rglob("*.safetensors")) == 6  # the tasks' train and dev splits, no more
