@@ -148,6 +148,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p_sweep.add_argument("--pruner", choices=("median", "none"), default="median",
                          help="median: stop a trial whose dev score is below the median of earlier trials' at the "
                          "same evaluation (after 2 finished trials; default)")  # fmt: skip
+    p_sweep.add_argument("--prune-warmup", type=int, default=1, help="the median pruner judges no trial at its first "
+                         "N dev evaluations (default: 1; main.yaml's first one follows phrases, SST alone trained)")  # fmt: skip
     p_sweep.add_argument("--resume", action="store_true", help="continue (or join) a study that has finished trials")
     p_sweep.add_argument("--no-baseline", action="store_true", help="do not run the config's own values as the "
                          "first trial of a new study")  # fmt: skip
@@ -304,7 +306,7 @@ def sweep_command(args, overrides: list[str], parser) -> int:
     options = SweepOptions(trials=args.trials, storage=args.storage, study_name=args.study_name,
                            objective=args.objective, pruner=args.pruner, resume=args.resume,
                            baseline=not args.no_baseline, heartbeat_s=args.heartbeat_s, sampler_seed=args.seed,
-                           progress=not args.no_progress)  # fmt: skip
+                           progress=not args.no_progress, prune_warmup=args.prune_warmup)  # fmt: skip
     config_path = resolve_config(args.config)
     print(f"minbert: sweep of {config_path} over {args.space} -> {args.out}", flush=True)
     best = sweep(config_path, args.space, args.out, options, overrides)

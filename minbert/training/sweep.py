@@ -214,6 +214,8 @@ class SweepOptions:
     """How `sweep` runs: `trials` (finished trials the study should reach: complete or pruned),
     `storage` (a database URL; None: sqlite:///OUT/study.db), `study_name` (None: OUT's name),
     `objective` (a dev score, maximised), `pruner` ("median", "none", or an optuna pruner),
+    `prune_warmup` (evaluations the median pruner lets pass before judging: main.yaml's
+    first, after its phrase phase, has trained SST alone, so every trial looks alike there),
     `resume` (join a study that already has finished trials), `baseline` (the config's own
     values of the space, enqueued as the first trial of a new study), `heartbeat_s` (a worker
     silent for 3 x this is dead: its trial FAIL), `sampler_seed`, `progress`."""
@@ -223,6 +225,7 @@ class SweepOptions:
     study_name: str | None = None
     objective: str = "overall"
     pruner: Any = "median"
+    prune_warmup: int = 1
     resume: bool = False
     baseline: bool = True
     heartbeat_s: float = 30.0
@@ -238,7 +241,7 @@ def open_study(out: Path, options: SweepOptions, create_ok: bool = True):
     storage = _storage(url, options.heartbeat_s)
     pruner = options.pruner
     if pruner == "median":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=options.prune_warmup)
     elif pruner in ("none", None):
         pruner = optuna.pruners.NopPruner()
     elif isinstance(pruner, str):
@@ -285,6 +288,8 @@ def sweep(config: str | Path | None, space: str | Path, out: str | Path, options
     key = objective_key(options.objective, base)
     if options.trials < 1:
         raise ConfigError(f"--trials: {options.trials} must be >= 1")
+    if options.prune_warmup < 0:
+        raise ConfigError(f"--prune-warmup: {options.prune_warmup} must be >= 0")
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(out, options)
@@ -422,8 +427,71 @@ def write_tables(study, out: Path, params: list[Param], key: str) -> None:
         atomic_write(out / "best.yaml", lambda tmp: tmp.write_text(head + body))
 
 
+def parallel_coordinates(study, plt):
+    """One vertical axis per searched key (its range as searched: log keys on a log scale,
+    choices evenly spaced), one line per trial across them: complete trials coloured by their
+    score, the best drawn last and thick, pruned ones grey and dashed. Optuna's own plot labels
+    every axis with a crowd of ticks and hides the best line at the top edge; this one writes
+    each axis's low and high only, and the keys' last parts under them. Returns the axes."""
+    import math
+
+    import matplotlib as mpl
+
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED") and t.params]
+    dists = {}
+    for t in trials:
+        dists.update(t.distributions)
+    keys = sorted(dists)
+
+    def place(key, value) -> float:  # 0 (low) .. 1 (high) on the key's axis
+        d = dists[key]
+        if hasattr(d, "choices"):
+            return d.choices.index(value) / max(1, len(d.choices) - 1)
+        low, high, v = (math.log(x) if d.log else x for x in (d.low, d.high, value))
+        return (v - low) / (high - low) if high > low else 0.5
+
+    def ends(key) -> tuple[str, str]:
+        d = dists[key]
+        if hasattr(d, "choices"):
+            return str(d.choices[0]), str(d.choices[-1])
+        return f"{d.low:.3g}", f"{d.high:.3g}"
+
+    complete = sorted((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    xs = list(range(len(keys)))
+    for t in pruned:
+        ax.plot(xs, [place(k, t.params[k]) for k in keys], color="0.6", ls="--", lw=1, alpha=0.8)
+    values = [t.value for t in complete]
+    norm = mpl.colors.Normalize(min(values), max(values) if max(values) > min(values) else min(values) + 1e-9)
+    cmap = mpl.colormaps["viridis"]
+    for i, t in enumerate(complete):
+        best = i == len(complete) - 1
+        ax.plot(xs, [place(k, t.params[k]) for k in keys], color=cmap(norm(t.value)), lw=3 if best else 1.5,
+                marker="o", ms=4, zorder=3 if best else 2, label=f"best: trial {t.number}, {t.value:.4f}" if best else None)  # fmt: skip
+    for x, k in enumerate(keys):
+        ax.axvline(x, color="0.3", lw=0.8, zorder=1)
+        low, high = ends(k)
+        ax.text(x, -0.04, low, ha="center", va="top", fontsize=8)
+        ax.text(x, 1.04, high, ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(xs, [k.replace("train.phases.", "phase ") for k in keys], rotation=15, fontsize=8)
+    ax.tick_params(axis="x", pad=16)
+    ax.set_yticks([])
+    ax.set_ylim(-0.12, 1.12)
+    ax.set_xlim(-0.4, len(keys) - 0.6)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    if pruned:
+        ax.plot([], [], color="0.6", ls="--", label=f"pruned ({len(pruned)})")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8, frameon=False)
+    fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="dev score (the objective)")
+    ax.set_title(f"{len(complete)} complete trials: each axis the searched range (log keys on a log scale)", fontsize=10)
+    return ax
+
+
 def draw_pictures(study, out: Path) -> list[str]:
-    """OUT/history.png, importances.png, parallel.png (Optuna's matplotlib plots); a picture that
+    """OUT/history.png, importances.png (Optuna's matplotlib plots), parallel.png
+    (`parallel_coordinates`); a picture that
     cannot be drawn (too few complete trials, one parameter) is said in one line instead."""
     import warnings
 
@@ -442,7 +510,7 @@ def draw_pictures(study, out: Path) -> list[str]:
     n_params = len({k for t in study.get_trials(deepcopy=False) for k in t.params})
     plots = {"history.png": (views.plot_optimization_history, complete >= 1),
              "importances.png": (views.plot_param_importances, complete >= 3 and n_params >= 2),
-             "parallel.png": (views.plot_parallel_coordinate, complete >= 2)}  # fmt: skip
+             "parallel.png": (lambda study: parallel_coordinates(study, plt), complete >= 2)}  # fmt: skip
     written = []
     for name, (plot, enough) in plots.items():
         if not enough:

@@ -132,6 +132,33 @@ def test_a_trial_made_bad_is_pruned_and_keeps_its_run_directory(tiny_checkpoint,
     assert "trial 0" in (out / "best.yaml").read_text() or "trial 1" in (out / "best.yaml").read_text()
 
 
+@pytest.mark.parametrize("warmup", [0, 1, 2])
+def test_the_median_pruner_judges_no_trial_at_its_first_prune_warmup_evaluations(tmp_path, warmup):
+    import optuna
+
+    study = open_study(tmp_path, SweepOptions(prune_warmup=warmup))
+    for _ in range(2):  # two finished trials at 1.0 at every evaluation: the median
+        trial = study.ask()
+        for step in range(3):
+            trial.report(1.0, step)
+        study.tell(trial, 1.0)
+    bad = study.ask()
+    judged = []
+    for step in range(3):
+        bad.report(0.0, step)
+        judged.append(bad.should_prune())
+    assert judged == [step >= warmup for step in range(3)]
+    study.tell(bad, state=optuna.trial.TrialState.PRUNED)
+
+
+def test_a_negative_prune_warmup_is_refused(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("train.phases.0.lr: {low: 1e-4, high: 3e-3, log: true}\n")
+    with pytest.raises(ConfigError, match="--prune-warmup: -1 must be >= 0"):
+        sweep(None, space, tmp_path / "sweep", SweepOptions(trials=1, prune_warmup=-1))
+    assert not (tmp_path / "sweep").exists()
+
+
 def worker(out: Path, space: Path, trials: int, overrides: list[str], *flags: str) -> subprocess.Popen:
     """`python -m minbert.cli sweep` in a child process, this checkout first on its PYTHONPATH."""
     args = [sys.executable, "-m", "minbert.cli", "sweep", "--config", "main", "--space", str(space), "--trials",
