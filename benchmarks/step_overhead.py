@@ -120,7 +120,7 @@ class Minbert:
         steps' batches (built, not trained on): padded rows, or packed ones with train.packing."""
         slots = tokens = 0
         for step, task in enumerate(schedule(n)):
-            batch = step_batch(self.run, task, draw(self.run, self.run.streams[task], task)[0], self.phase, step)
+            batch = step_batch(self.run, task, draw(self.run, self.run.streams[task], task)[0][0], self.phase, step)
             slots += (batch.packed.input_ids if batch.packed is not None else batch.input_ids).numel()
             tokens += int(batch.attention_mask.sum())
         return 1 - tokens / slots
