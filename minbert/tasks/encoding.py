@@ -138,12 +138,17 @@ class EncodedTask:
         length = self.padded_length(seqs)
         return *pad_batch(seqs, self.pad_id, length), has_padding(seqs, length)
 
-    def _token_types(self, indices: list[int], swap: list[bool] | None = None, length: int | None = None) -> torch.Tensor | None:
-        """Padded (to `length`) segment ids of cross-encoded pairs; None for single sequences."""
+    def _type_seqs(self, indices: list[int], swap: list[bool] | None = None) -> list[list[int]] | None:
+        """The segment ids of cross-encoded pairs, each in its own order or the swapped one; None
+        for single sequences."""
         if self.types is None:
             return None
-        swap = swap or [False] * len(indices)
-        return pad_batch([self._pick(1, i, s) for i, s in zip(indices, swap)], 0, length)[0]
+        return [self._pick(1, i, s) for i, s in zip(indices, swap or [False] * len(indices))]
+
+    def _token_types(self, indices: list[int], swap: list[bool] | None = None, length: int | None = None) -> torch.Tensor | None:
+        """Padded (to `length`) segment ids of cross-encoded pairs; None for single sequences."""
+        types = self._type_seqs(indices, swap)
+        return None if types is None else pad_batch(types, 0, length)[0]
 
     def _pick(self, part: int, i: int, swapped: bool) -> list[int]:
         """Pair i's ids (part 0) or segment ids (part 1), in its own order or the swapped one."""
@@ -173,8 +178,7 @@ class EncodedTask:
             seqs = [self._pick(0, i, s) for i, s in zip(indices, swap)]
         labels = self.labels[self.examples_of(indices)] if self.labels is not None else None
         if pack is not None:  # the encoder reads the rows: no padded ids built, only the padded mask (pooling's)
-            types = None if self.types is None else [self._pick(1, i, s) for i, s in zip(indices, swap or [False] * len(indices))]
-            packed = pack_batch(seqs, types, self.pad_id, pack)
+            packed = pack_batch(seqs, self._type_seqs(indices, swap), self.pad_id, pack)
             return Batch(None, packed.mask, None, self.siamese, labels, indices, has_padding(seqs), packed)
         input_ids, mask, padded = self._pad(seqs)
         token_type_ids = self._token_types(indices, swap, input_ids.shape[1])

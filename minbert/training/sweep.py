@@ -432,12 +432,11 @@ def parallel_coordinates(study, plt):
     choices evenly spaced), one line per trial across them: complete trials coloured by their
     score, the best drawn last and thick, pruned ones grey and dashed. Optuna's own plot labels
     every axis with a crowd of ticks and hides the best line at the top edge; this one writes
-    each axis's low and high only, and the keys' last parts under them. Returns the axes."""
-    import math
-
+    each axis's low and high only, and the keys under them ("train.phases." written "phase ").
+    Returns the axes."""
     import matplotlib as mpl
 
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED") and t.params]
+    trials = [t for t in study.get_trials(deepcopy=False, states=_states("COMPLETE", "PRUNED")) if t.params]
     dists = {}
     for t in trials:
         dists.update(t.distributions)
