@@ -138,6 +138,17 @@ class Embeddings(nn.Module):
         return self.dropout(self.LayerNorm(x))
 
 
+def writes_out_attention(training: bool, dropout_p: float, device: torch.device) -> bool:
+    """Whether SelfAttention computes softmax(QK^T / sqrt(d) + mask) V itself instead of
+    calling SDPA: in ONNX export, and in CPU training with attention dropout."""
+    return torch.onnx.is_in_onnx_export() or (training and dropout_p > 0 and device.type == "cpu")
+
+
+def additive_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean attention mask (True: may attend) as the scores' addend: 0 or -inf."""
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(~mask, -math.inf)
+
+
 class SelfAttention(nn.Module):
     """Multi-head scaled dot-product attention through torch's SDPA (fused kernels where available)."""
 
@@ -159,13 +170,15 @@ class SelfAttention(nn.Module):
         q, k, v = split_heads(self.query(x)), split_heads(self.key(x)), split_heads(self.value(x))
         # attn_mask: (B, 1, 1, T) or, packed rows, (B, 1, T, T); boolean (True where a key may be
         # attended to) or additive.
-        if torch.onnx.is_in_onnx_export() or (self.training and self.dropout_p > 0 and x.device.type == "cpu"):
+        if writes_out_attention(self.training, self.dropout_p, x.device):
             # Written out for export (SDPA's exported form ran slower in onnxruntime, int8 above
             # all: docs/RESULTS.md), and for CPU training, where SDPA with dropout computes the
-            # same with a slower dropout mask (see `dropout`).
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, heads, T, T)
-            if attn_mask is not None:
-                scores = scores + attn_mask if attn_mask.is_floating_point() else scores.masked_fill(~attn_mask, -math.inf)
+            # same with a slower dropout mask (see `dropout`). The mask is additive here (made
+            # so once per forward by BertModel): adding it has no backward, where masking a
+            # boolean would cost a masked copy of the scores and of their gradient per layer.
+            scores = (q @ k.transpose(-2, -1)).div_(math.sqrt(self.head_dim))  # (B, heads, T, T)
+            if attn_mask is not None:  # a boolean mask here only where a caller skipped BertModel
+                scores = scores.add_(attn_mask if attn_mask.is_floating_point() else additive_mask(attn_mask))
             y = dropout(scores.softmax(dim=-1), self.dropout_p, self.training) @ v
         else:
             y = F.scaled_dot_product_attention(
@@ -289,6 +302,9 @@ class BertModel(nn.Module):
             attn_mask = attention_mask[:, None]  # (B, 1, T, T): per query, broadcast over heads
         elif attention_mask is not None:
             attn_mask = attention_mask.bool()[:, None, None, :]
+        written_out = writes_out_attention(self.training, self.config.attention_probs_dropout_prob, input_ids.device)
+        if attn_mask is not None and attn_mask.dtype == torch.bool and written_out:
+            attn_mask = additive_mask(attn_mask)  # once, for all layers
         x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, H)
         x = self.encoder(x, attn_mask)  # (B, T, H)
         return x, self.pooler(x)

@@ -128,6 +128,36 @@ def test_training_attention_is_sdpa_with_dropout(tiny_checkpoint, monkeypatch):
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
 
 
+def test_cpu_training_attention_adds_a_mask_equal_to_masking(tiny_checkpoint):
+    """CPU training's written-out attention adds a 0/-inf mask (made once per forward) to the
+    scores: its outputs and input gradients are bit for bit those of masking the scores with the
+    boolean mask (what it did before), for a padding mask and a packed rows' mask."""
+    model = load_pretrained(tiny_checkpoint).train()
+    attn = model.encoder.layer[0].attention["self"]
+    B, T, H = 3, 12, model.config.hidden_size
+    x = torch.randn(B, T, H, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    padding = padded_batch(model.config.vocab_size)[1].bool()[:, None, None, :]  # (B, 1, 1, T)
+    segments = torch.tensor([0] * 5 + [1] * 4 + [2] * 3).expand(B, T)
+    packed = (segments[:, :, None] == segments[:, None, :])[:, None]  # (B, 1, T, T)
+
+    def masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = (layer(x).view(B, T, attn.num_heads, attn.head_dim).transpose(1, 2)
+                   for layer in (attn.query, attn.key, attn.value))  # fmt: skip
+        scores = ((q @ k.transpose(-2, -1)) / math.sqrt(attn.head_dim)).masked_fill(~mask, -math.inf)
+        y = dropout(scores.softmax(dim=-1), attn.dropout_p, True) @ v
+        return y.transpose(1, 2).reshape(B, T, H)
+
+    for mask in (padding, packed):
+        outputs, grads = [], []
+        for form in (lambda x: masked(x, mask), lambda x: attn(x, model_module.additive_mask(mask))):
+            torch.manual_seed(1)  # the same dropout mask on both
+            y = form(x)
+            outputs.append(y)
+            grads.append(torch.autograd.grad((y * torch.linspace(-1, 1, H)).sum(), x)[0])
+        assert torch.equal(outputs[0], outputs[1]) and torch.equal(grads[0], grads[1])
+    assert model_module.additive_mask(padding)[1, 0, 0].tolist() == [0.0] * 7 + [-math.inf] * 5
+
+
 @pytest.mark.parametrize("path", ["sdpa", "written-out"])
 def test_a_packed_row_equals_its_sequences_alone(tiny_checkpoint, monkeypatch, path):
     """Two sequences end to end in one row and a padding tail, with a (1, T, T) mask of who may
