@@ -8,12 +8,12 @@ repository root or anywhere: Python puts this folder on sys.path).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from dataclasses import asdict
 
 import torch
 
+from minbert import distributed
 from minbert.config import RunConfig, load_config
 from minbert.configs import resolve_config
 from minbert.tasks.data import resolve_data_dir
@@ -31,6 +31,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-init-base", action="store_true",
                         help="random-initialised bert-base-sized encoder on both sides instead of the checkpoint")
     parser.add_argument("--only", choices=["minbert", "reference"], default=None, help="run one side only")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="both sides' (minbert's train.precision, the reference's autocast); auto: bf16 where "
+                        "the device has native bf16 (CUDA, AMX, AVX512-BF16), else fp32")
     parser.add_argument("--as-configured", action="store_true",
                         help="minbert with minbert/configs/main.yaml's model section as it is, not the reference's model")
 
@@ -40,12 +43,13 @@ MATCHED_MODEL = ["model.pooling=cls", "model.pair_encoding=siamese", "model.sent
                  "model.similarity_head=pair"]  # fmt: skip
 
 
-def load_run_config(data_dir: str | None, as_configured: bool = False) -> RunConfig:
-    """minbert/configs/main.yaml (the main training job's recipe: batch size, optimizer, precision) with
-    the data directory resolved; unless `as_configured`, its model section set to the reference's
-    model, so that both sides compute the same function."""
+def load_run_config(data_dir: str | None, as_configured: bool = False, precision: str = "auto") -> RunConfig:
+    """minbert/configs/main.yaml (the main training job's recipe: batch size, optimizer) with
+    the data directory resolved and train.precision `precision`; unless `as_configured`, its
+    model section set to the reference's model, so that both sides compute the same function."""
     cfg = load_config(resolve_config("main"), [] if as_configured else MATCHED_MODEL)
     cfg.data.dir = str(resolve_data_dir(data_dir))
+    cfg.train.precision = precision
     return cfg
 
 
@@ -63,12 +67,15 @@ def build_minbert(cfg: RunConfig, random_init_base: bool) -> tuple[MultitaskBert
     return build_model(cfg, asdict(BertConfig()) if random_init_base else None)
 
 
-def autocast(device: str):
-    """The reference's precision: bf16 autocast on CUDA, fp32 on the CPU (what minbert's
-    train.precision "auto" does)."""
-    if device == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast(device: str, precision: str = "auto"):
+    """The reference's precision, chosen as minbert's train.precision is (`distributed.autocast`:
+    "auto" is bf16 autocast where the device has native bf16, fp32 elsewhere)."""
+    return distributed.autocast(torch.device(device), precision)
+
+
+def resolved(device: str, precision: str) -> str:
+    """"fp32" or "bf16": what `precision` means on `device` here."""
+    return distributed.resolve_precision(torch.device(device), precision)[0]
 
 
 def sync(device: str) -> None:
@@ -93,12 +100,14 @@ class Stopwatch:
 
 
 class MatmulPeak:
-    """FLOP/s of one large square matmul at the current thread count, best of all samples: fp32
-    2048^2 on the CPU, bf16 8192^2 on CUDA (the dtype autocast runs the encoder's matmuls in).
-    Sampled between training steps, so that it sees the same background load as they do."""
+    """FLOP/s of one large square matmul at the current thread count, best of all samples, in the
+    dtype the encoder's matmuls run in (`precision`: fp32, or bf16 under autocast): 2048^2 on the
+    CPU, 8192^2 on CUDA. Sampled between training steps, so that it sees the same background load
+    as they do."""
 
-    def __init__(self, device: str):
-        self.n, self.dtype = (8192, torch.bfloat16) if device == "cuda" else (2048, torch.float32)
+    def __init__(self, device: str, precision: str = "auto"):
+        dtype = torch.bfloat16 if resolved(device, precision) == "bf16" else torch.float32
+        self.n, self.dtype = (8192 if device == "cuda" else 2048), dtype
         self.device, self.samples, self.best = device, 0, float("inf")
         self.a, self.b = (torch.randn(self.n, self.n, device=device, dtype=self.dtype) for _ in range(2))
         torch.matmul(self.a, self.b)  # first call: allocation, kernel selection
@@ -145,7 +154,23 @@ class TokenStats:
         return 1.0 - self.real_tokens / max(1, self.padded_tokens)
 
 
-def describe(device: str) -> str:
+def describe(device: str, precision: str = "auto") -> str:
+    mode = "bf16 autocast" if resolved(device, precision) == "bf16" else "fp32"
     if device == "cuda":
-        return f"cuda ({torch.cuda.get_device_name()}), bf16 autocast"
-    return f"cpu, fp32, {torch.get_num_threads()} torch threads"
+        return f"cuda ({torch.cuda.get_device_name()}), {mode}"
+    return f"cpu ({cpu_name()}), {mode}, {torch.get_num_threads()} torch threads"
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its bf16 flags, as lscpu would show them."""
+    name, flags = "unknown CPU", set()
+    try:
+        for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name}; {' '.join(shown) or 'no AVX flags'}"

@@ -93,18 +93,19 @@ class RandomBatches:
         return batch
 
 
-def train_step(model, tokenizer, optimizer, task: str, examples: list[Example], device: str):
-    """Tokenise, forward, loss, backward, step. Returns (attention masks of the forwards,
-    tokenizer seconds)."""
+def train_step(model, tokenizer, optimizer, task: str, examples: list[Example], device: str, precision: str = "auto"):
+    """Tokenise, forward, loss, backward, step (under `precision`: common.autocast). Returns
+    (attention masks of the forwards, tokenizer seconds)."""
     sides, tok_seconds = tokenize(tokenizer, examples, device)
-    train_on(model, optimizer, task, sides, [e.label for e in examples], device)
+    train_on(model, optimizer, task, sides, [e.label for e in examples], device, precision)
     return [side["attention_mask"] for side in sides], tok_seconds
 
 
-def train_on(model, optimizer, task: str, sides: list[dict[str, torch.Tensor]], labels: list, device: str) -> None:
+def train_on(model, optimizer, task: str, sides: list[dict[str, torch.Tensor]], labels: list, device: str,
+             precision: str = "auto") -> None:  # fmt: skip
     """Forward, loss, backward, step on a batch already tokenised (`sides`: one per text column)."""
     targets = torch.tensor(labels, dtype=TASKS[task].label_dtype, device=device)
-    with autocast(device):
+    with autocast(device, precision):
         loss = TASKS[task].loss(model(task, sides), targets)
     loss.backward()
     optimizer.step()
@@ -112,7 +113,7 @@ def train_on(model, optimizer, task: str, sides: list[dict[str, torch.Tensor]], 
 
 
 @torch.no_grad()
-def predict(model, tokenizer, task: str, examples: list[Example], batch_size: int, device: str):
+def predict(model, tokenizer, task: str, examples: list[Example], batch_size: int, device: str, precision: str = "auto"):
     """Predictions in input order, batch by batch; returns (predictions, tokenizer seconds)."""
     model.eval()
     preds: list = []
@@ -120,7 +121,7 @@ def predict(model, tokenizer, task: str, examples: list[Example], batch_size: in
     for start in range(0, len(examples), batch_size):
         sides, seconds = tokenize(tokenizer, examples[start : start + batch_size], device)
         tok_seconds += seconds
-        with autocast(device):
+        with autocast(device, precision):
             output = model(task, sides)
         preds.extend(TASKS[task].predict(output).float().cpu().tolist())
     return preds, tok_seconds

@@ -43,10 +43,10 @@ def run_minbert(model, tokenizer, cfg, task: str, examples, batch_size: int, dev
     return preds, total.seconds, model_only.seconds
 
 
-def run_reference(model, tokenizer, task: str, examples, batch_size: int, device: str):
+def run_reference(model, tokenizer, task: str, examples, batch_size: int, device: str, precision: str):
     total = Stopwatch(device)
     with total:
-        preds, tok_seconds = hf_reference.predict(model, tokenizer, task, examples, batch_size, device)
+        preds, tok_seconds = hf_reference.predict(model, tokenizer, task, examples, batch_size, device, precision)
     return preds, total.seconds, total.seconds - tok_seconds
 
 
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: the config's eval_batch_size (128)")
     args = parser.parse_args()
 
-    cfg = load_run_config(args.data_dir, args.as_configured)
+    cfg = load_run_config(args.data_dir, args.as_configured, args.precision)
     set_seed(cfg.train.seed)
     batch_size = args.batch_size or cfg.train.eval_batch_size
     dev = {t: examples[: args.limit] for t, examples in read_all(cfg, {"dev": TASK_ORDER})["dev"].items()}
@@ -78,7 +78,7 @@ def main() -> None:
         if args.only is None and not args.as_configured:
             ref.heads.load_state_dict(model.heads.state_dict())  # same heads: predictions comparable
         ref.to(args.device)
-        runners["reference"] = lambda task, ex: run_reference(ref, ref_tokenizer, task, ex, batch_size, args.device)
+        runners["reference"] = lambda task, ex: run_reference(ref, ref_tokenizer, task, ex, batch_size, args.device, args.precision)
 
     for run in runners.values():  # untimed warm-up: one batch each
         run("sst", dev["sst"][:batch_size])
@@ -87,7 +87,7 @@ def main() -> None:
         for name, run in runners.items():
             results[name][task] = run(task, dev[task])
 
-    print(f"device: {describe(args.device)}; batch size {batch_size}")
+    print(f"device: {describe(args.device, args.precision)}; batch size {batch_size}")
     print(f"encoder: {describe_model(cfg, args.random_init_base)}")
     n = {t: len(dev[t]) for t in TASK_ORDER}
     print(f"dev examples: {n}")

@@ -46,8 +46,8 @@ import time
 import hf_reference
 import torch
 
-from common import (TASK_ORDER, MatmulPeak, Stopwatch, TokenStats, add_common_args, build_minbert, describe,
-                    describe_model, load_run_config)  # fmt: skip
+from common import (TASK_ORDER, MatmulPeak, Stopwatch, TokenStats, add_common_args, build_minbert, cpu_name, describe,
+                    describe_model, load_run_config, resolved)  # fmt: skip
 from minbert import distributed
 from minbert.runs import encode_all, needed_splits, read_all
 from minbert.tasks.data import bucket_length, length_bucketed_batches
@@ -99,6 +99,7 @@ class Minbert(Side):
         self.optimizer = make_optimizer(self.model, cfg.train.phases[0], fused=True)
         self.streams = {t: TaskStream(t) for t in TASK_ORDER}
         self.batch_size, self.seed, self.train_cfg = args.batch_size, cfg.train.seed, cfg.train
+        self.precision = resolved(args.device, cfg.train.precision)
 
     def step(self, task: str):
         indices = self.streams[task].next_indices(self.data[task], self.batch_size, self.seed,
@@ -117,6 +118,7 @@ class Reference(Side):
 
     def __init__(self, cfg, raw_train, args):
         self.model, self.tokenizer = hf_reference.load_reference(cfg.model.head_dropout, args.random_init_base)
+        self.precision = resolved(args.device, args.precision)
         super().__init__(self.model.bert.config, args.device)
         self.model.to(args.device).train()
         self.optimizer = hf_reference.make_optimizer(self.model)
@@ -127,7 +129,7 @@ class Reference(Side):
     def step(self, task: str):
         examples = [self.raw[task][i] for i in self.batches[task].next()]
         masks, tok_seconds = hf_reference.train_step(
-            self.model, self.tokenizer, self.optimizer, task, examples, self.device
+            self.model, self.tokenizer, self.optimizer, task, examples, self.device, self.precision
         )
         return len(examples), masks, tok_seconds
 
@@ -141,7 +143,7 @@ class Variant(Minbert):
     train.compile as given (what `minbert train` would do with those keys)."""
 
     def __init__(self, name: str, raw_train, args, buckets: list[int] | None, compiled: bool):
-        cfg = load_run_config(args.data_dir, as_configured=True)
+        cfg = load_run_config(args.data_dir, as_configured=True, precision=args.precision)
         cfg.train.length_buckets, cfg.train.compile = buckets, compiled
         if compiled and buckets:
             cfg.train.compile_mode = args.compile_mode
@@ -217,7 +219,7 @@ def compile_compare(args) -> None:
     if args.dynamic:
         plan.append(("compiled dynamic", None, True))
     sides = [Variant(name, raw_train, args, b, c) for name, b, c in plan]
-    meter = MatmulPeak(args.device)
+    meter = MatmulPeak(args.device, args.precision)
     meter.sample(reps=3)
     print(f"load average before: {open('/proc/loadavg').read().split()[0]}", flush=True)
 
@@ -239,7 +241,7 @@ def compile_compare(args) -> None:
             print(f"  step {i + 1}: " + ", ".join(f"{s.name} {s.rate:.2f}/s" for s in sides if s.watch.seconds), flush=True)
     peak = meter.flops
     print(f"load average after: {open('/proc/loadavg').read().split()[0]}")
-    print(f"device: {describe(args.device)}; matmul peak: {meter}")
+    print(f"device: {describe(args.device, args.precision)}; matmul peak: {meter}")
     print(f"encoder: {describe_model(cfg, False)}; batch size {args.batch_size}; buckets {buckets}; "
           f"{args.steps} timed steps per side round-robin {'/'.join(TASK_ORDER)} after {args.warmup} untimed; "
           f"sides alternate step by step")  # fmt: skip
@@ -265,6 +267,40 @@ def compile_compare(args) -> None:
         print(f"padding over one pass of {t}: {100 * fractions[0]:.1f}% without buckets, {100 * fractions[1]:.1f}% with")
 
 
+def precision_compare(args) -> None:
+    """The main job's model as configured (main.yaml), on its own batches, in fp32 and in bf16
+    autocast: two sides, each with its own model and optimizer from the same weights, alternating
+    step by step. MFU of each over the matmul peak of its own dtype, both peaks sampled between
+    rounds. Last line: `ratio: X`, bf16's examples/s over fp32's."""
+    if resolved(args.device, "auto") != "bf16":
+        print(f"note: {distributed.resolve_precision(torch.device(args.device), 'auto')[1]}: bf16 is emulated here, "
+              "and minbert's auto precision would train in fp32")  # fmt: skip
+    cfg = {p: load_run_config(args.data_dir, as_configured=True, precision=p) for p in ("fp32", "bf16")}
+    set_seed(cfg["fp32"].train.seed)
+    raw_train = read_all(cfg["fp32"], {"train": TASK_ORDER})["train"]
+    sides = {p: Minbert(c, raw_train, args) for p, c in cfg.items()}
+    meters = {p: MatmulPeak(args.device, p) for p in sides}
+    for m in meters.values():
+        m.sample(reps=3)
+    print(f"load average before: {open('/proc/loadavg').read().split()[0]}", flush=True)
+    for i in range(args.warmup + args.steps):
+        for side in sides.values():
+            side.run_step(TASK_ORDER[i % len(TASK_ORDER)], timed=i >= args.warmup)
+        if i % len(TASK_ORDER) == len(TASK_ORDER) - 1:
+            for m in meters.values():
+                m.sample()
+    print(f"load average after: {open('/proc/loadavg').read().split()[0]}")
+    print(f"cpu: {cpu_name()}; {torch.get_num_threads()} torch threads")
+    print(f"encoder: {describe_model(cfg['fp32'], False)}; batch size {args.batch_size}; {args.steps} timed steps per "
+          f"side round-robin {'/'.join(TASK_ORDER)} after {args.warmup} untimed; the sides alternate step by step")  # fmt: skip
+    for p, side in sides.items():
+        st = side.stats
+        mfu = 100 * 3 * st.model_flops / side.watch.seconds / meters[p].flops
+        print(f"{p}: {side.rate:.2f} examples/s, {1e3 * side.watch.seconds / args.steps:.0f} ms/step | "
+              f"{100 * st.pad_fraction:.1f}% padding | matmul peak {meters[p]} | MFU {mfu:.1f}%")  # fmt: skip
+    print(f"ratio: {sides['bf16'].rate / sides['fp32'].rate:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser)
@@ -275,19 +311,23 @@ def main() -> None:
     parser.add_argument("--buckets", default="32,64,96,128", help="--compile-compare's length buckets")
     parser.add_argument("--threads", type=int, default=2, help="--compile-compare's torch threads (default 2)")
     parser.add_argument("--dynamic", action="store_true", help="--compile-compare: also compiled without buckets (dynamic)")
+    parser.add_argument("--precision-compare", action="store_true", help="fp32 vs bf16 autocast, the main job's model")
     parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
                         help="--compile-compare: train.compile_mode of the compiled + buckets side (reduce-overhead: CUDA)")
     args = parser.parse_args()
     if args.compile_compare:
         compile_compare(args)
         return
+    if args.precision_compare:
+        precision_compare(args)
+        return
 
-    cfg = load_run_config(args.data_dir, args.as_configured)
+    cfg = load_run_config(args.data_dir, args.as_configured, args.precision)
     set_seed(cfg.train.seed)
     raw_train = read_all(cfg, {"train": TASK_ORDER})["train"]
     kinds = [k for k in (Minbert, Reference) if args.only in (None, k.name)]
     sides = [kind(cfg, raw_train, args) for kind in kinds]
-    meter = MatmulPeak(args.device)
+    meter = MatmulPeak(args.device, args.precision)
     meter.sample(reps=3)
 
     for i in range(args.warmup + args.steps):
@@ -298,7 +338,7 @@ def main() -> None:
     peak = meter.flops
 
     config = sides[0].stats.config
-    print(f"device: {describe(args.device)}")
+    print(f"device: {describe(args.device, args.precision)}")
     print(f"encoder: {describe_model(cfg, args.random_init_base)}")
     print(f"{config.num_hidden_layers} layers, hidden {config.hidden_size}; batch size "
           f"{args.batch_size}; {args.steps} timed steps round-robin {'/'.join(TASK_ORDER)} after {args.warmup} "

@@ -125,6 +125,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p_serve = _add_serve_parser(sub)
     for p in (p_eval, p_pred, p_serve):
         p.add_argument("--threads", type=int, help="threads for the forwards (default: the cores this process may use)")
+    for p in (p_eval, p_pred, p_files, p_serve):
+        p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="the torch backend's: "
+                       "auto (default): bf16 autocast where the CPU (AMX, AVX512-BF16) or GPU has native bf16, else "
+                       "fp32")  # fmt: skip
     for p in (p_eval, p_pred, p_files, p_exp, p_serve):
         p.add_argument("--checkpoint", required=True,
                        help="a run directory (its best.safetensors) or a .safetensors checkpoint written by minbert "
@@ -207,7 +211,8 @@ def resume_command(args, overrides: list[str], config_path: Path, out: Path) -> 
 def evaluate_command(args, overrides: list[str], parser) -> int:
     from minbert.inference.evaluate import evaluate_checkpoint
 
-    print_scores(evaluate_checkpoint(args.checkpoint, overrides, args.plots, backend=args.backend))
+    print_scores(evaluate_checkpoint(args.checkpoint, overrides, args.plots, backend=args.backend,
+                                     precision=args.precision))  # fmt: skip
     return 0
 
 
@@ -215,7 +220,7 @@ def predict_files_command(args, overrides: list[str], parser) -> int:
     from minbert.runs import predict_checkpoint
 
     out = Path(args.out)
-    print_scores(predict_checkpoint(args.checkpoint, overrides, out, layout=args.format))
+    print_scores(predict_checkpoint(args.checkpoint, overrides, out, layout=args.format, precision=args.precision))
     print(f"prediction files ({args.format}) written to {out}")
     return 0
 
@@ -238,7 +243,8 @@ def predict_command(args, overrides: list[str], parser) -> int:
         parser.error("give either texts or --input FILE")
     if not args.input and (args.output or args.columns or args.format):
         parser.error("--output, --columns and --format go with --input")
-    predictor = Predictor.load(args.checkpoint, args.backend, batch_size=args.batch_size, overrides=overrides)
+    predictor = Predictor.load(args.checkpoint, args.backend, batch_size=args.batch_size, overrides=overrides,
+                               precision=args.precision)  # fmt: skip
     if args.input:
         columns = args.columns.split(",") if args.columns else None
         summary = io.predict_file(predictor, args.task, args.input, columns, args.output, args.format,
@@ -284,7 +290,7 @@ def serve_command(args, overrides: list[str], parser) -> int:
     if access.exposed_without_key:
         print(f"minbert: warning: serving {args.host}:{args.port} without an API key (--no-auth): anyone who can "
               "reach it can use the model", file=sys.stderr)  # fmt: skip
-    serve(args.checkpoint, access, limits, args.backend, overrides, torch.get_num_threads())
+    serve(args.checkpoint, access, limits, args.backend, overrides, torch.get_num_threads(), args.precision)
     return 0
 
 

@@ -127,7 +127,9 @@ class TrainConfig:
     budget: str = "cpu"  # "cpu": each phase's epochs; "full": its full_epochs where given
     cache_features: bool = True  # frozen phases train the heads on cached encoder vectors
     sts_loss: str = "mse"  # "mse", "cosent" (Su 2022) or "mse+cosent"
-    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16"
+    # "auto": bf16 autocast where the device has native bf16 (CUDA; a CPU with AMX or AVX512-BF16),
+    # fp32 elsewhere, resolved at start and recorded (config.yaml, timing.json); "fp32" or "bf16".
+    precision: str = "auto"
     # torch.compile the encoder: with dynamic shapes (batches vary in length), or, with
     # length_buckets, static ones (one graph per batch shape). compile_mode is torch.compile's
     # mode: "default", "reduce-overhead" (CUDA graphs: needs compile, length_buckets and a CUDA

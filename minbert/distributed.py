@@ -138,10 +138,71 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+PRECISIONS = ("auto", "fp32", "bf16")  # train.precision's choices; "auto" is resolved at start
+# What "auto" means, where set ("fp32" or "bf16"), instead of the device's own answer: fp32 results
+# that hold on every machine (the test suite sets it to fp32, bf16 tests ask for bf16 themselves).
+AUTO_PRECISION_ENV = "MINBERT_AUTO_PRECISION"
+
+
+def native_bf16(device: torch.device) -> str | None:
+    """What gives `device` native bf16 matmuls (a few words for the start line), or None.
+
+    Decided by the CPU's capability flags rather than by timing a matmul at start: a timing
+    taken while another process shares the cores could choose either way, the flags cannot.
+    Measured on these machines (docs/RESULTS.md): AMX (Intel Xeon) and AVX512-BF16 (AMD EPYC)
+    run the encoder's bf16 matmuls 4-7x faster than fp32; without them (AVX2 only) oneDNN
+    emulates bf16 and it is slower than fp32."""
+    if device.type == "cuda":
+        return "CUDA" if torch.cuda.is_bf16_supported() else None
+    if device.type != "cpu":
+        return None
+    if _cpu_flag("amx_bf16", "_is_amx_tile_supported"):
+        return "the CPU has AMX"
+    if _cpu_flag("avx512_bf16", "_is_avx512_bf16_supported"):
+        return "the CPU has AVX512-BF16"
+    return None
+
+
+def _cpu_flag(flag: str, torch_check: str) -> bool:
+    """torch's own check of a CPU feature (it also asks the OS to allow AMX), else /proc/cpuinfo."""
+    check = getattr(torch.cpu, torch_check, None)
+    if check is not None:
+        return bool(check())
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
+
+
+def resolve_precision(device: torch.device, precision: str) -> tuple[str, str]:
+    """("fp32" or "bf16", why): "auto" becomes bf16 autocast where `device` has native bf16
+    (`native_bf16`), fp32 elsewhere, or what MINBERT_AUTO_PRECISION says where it is set;
+    "fp32" and "bf16" stay as asked."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    if precision != "auto":
+        return precision, "as configured"
+    forced = os.environ.get(AUTO_PRECISION_ENV)
+    if forced:
+        if forced not in ("fp32", "bf16"):
+            raise ValueError(f"{AUTO_PRECISION_ENV}={forced!r}: expected fp32 or bf16")
+        return forced, f"{AUTO_PRECISION_ENV}={forced}"
+    native = native_bf16(torch.device(device))
+    return ("bf16", native) if native else ("fp32", f"no native bf16 on this {torch.device(device).type.upper()}")
+
+
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast where asked ("bf16", or "auto" on CUDA); fp32 otherwise. CPU bf16 is slow
-    on most CPUs, so "auto" keeps fp32 there."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
+    """bf16 autocast where `precision` resolves to bf16 ("bf16", or "auto" where native:
+    `resolve_precision`); fp32 otherwise.
+
+    Under CPU autocast only the matmuls (linear, matmul, bmm) run in bf16; their fp32 weights are
+    cast once per autocast region, and weights, gradients and optimizer state stay fp32. The
+    residual stream stays fp32 too (the embeddings are fp32, and fp32 + bf16 is fp32), so every
+    LayerNorm normalises fp32; the losses are fp32 (heads' outputs are cast with `.float()`,
+    and cross-entropy / MSE are on autocast's fp32 list). The written-out attention's softmax
+    takes bf16 scores and computes in fp32 inside the kernel, as flash attention does on a GPU."""
+    device = torch.device(device)
+    if resolve_precision(device, precision)[0] != "bf16":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)

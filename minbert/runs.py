@@ -8,6 +8,7 @@ Everything here takes a config (`RunConfig`) and derives the run's tasks from it
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -182,10 +183,13 @@ def write_outputs(model: MultitaskBert, data: Encoded, cfg: RunConfig, out_dir: 
 
 
 def predict_checkpoint(checkpoint_path, overrides=(), out_dir: Path | None = None, device=None,
-                       layout: str = "csv") -> dict:  # fmt: skip
-    """Dev scores of a saved model; with out_dir, also the six prediction files there, in `layout`."""
+                       layout: str = "csv", precision: str = "auto") -> dict:  # fmt: skip
+    """Dev scores of a saved model; with out_dir, also the six prediction files there, in `layout`.
+    `precision`: "auto" predicts in bf16 where the device has it natively (not the run's
+    training precision: see inference.backends.TorchBackend)."""
     device = torch.device(device) if device else distributed.default_device()
     model, tokenizer, cfg = load_trained(checkpoint_path, list(overrides))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
     data = encode_all(read_all(cfg, needed_splits(cfg, train=False, test=out_dir is not None)), tokenizer, cfg)
     model.to(device)
     if out_dir is None:

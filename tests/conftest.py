@@ -30,6 +30,12 @@ DATA_FILES = [
 ]  # fmt: skip
 
 
+# "auto" precision means fp32 in the tests and in the processes they start, on every CPU: the tests
+# that compare numbers exactly (golden runs, one step's gradients, exports) compare fp32 arithmetic,
+# which is the same on a CPU with native bf16 and one without. The bf16 tests ask for bf16 by name
+# and skip where the CPU has no native bf16 (tests/test_precision.py).
+os.environ["MINBERT_AUTO_PRECISION"] = "fp32"
+
 # torch's thread count in tests: OMP_NUM_THREADS where set (to try 1 and 2), else 1 rather
 # than the machine's core count, on which the rounding of parallel reductions depends.
 THREADS = torch.get_num_threads() if "OMP_NUM_THREADS" in os.environ else 1

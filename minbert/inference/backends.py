@@ -28,10 +28,14 @@ Backend = Callable[[str, EncodedTask, list[int]], torch.Tensor]
 
 
 class TorchBackend:
-    """The PyTorch model, in eval mode, at the run's precision (fp32 on the CPU)."""
+    """The PyTorch model, in eval mode, at `precision`: "auto" (bf16 autocast where the device has
+    native bf16, fp32 elsewhere: `distributed.resolve_precision`), "fp32" or "bf16". Not the
+    run's training precision: a model trained in bf16 on one machine predicts in fp32 on a CPU
+    without bf16, where bf16 would be emulated and slow."""
 
     def __init__(self, model: MultitaskBert, device: torch.device, precision: str = "auto"):
-        self.model, self.device, self.precision = model.to(device).eval(), device, precision
+        self.model, self.device = model.to(device).eval(), device
+        self.precision = distributed.resolve_precision(device, precision)[0]
 
     def __call__(self, task: str, data: EncodedTask, indices: list[int]) -> torch.Tensor:
         with distributed.autocast(self.device, self.precision):

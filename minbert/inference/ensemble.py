@@ -124,17 +124,18 @@ class Ensemble:
                 for m in self.members]  # fmt: skip
 
 
-def load_ensemble(runs: Sequence[str | Path], overrides: Sequence[str] = (),
-                  device: str | torch.device | None = None) -> Ensemble:  # fmt: skip
+def load_ensemble(runs: Sequence[str | Path], overrides: Sequence[str] = (), device: str | torch.device | None = None,
+                  precision: str = "auto") -> Ensemble:  # fmt: skip
     """Members from run directories (their best.safetensors) or checkpoint files, `overrides`
-    applied to each; a ValueError names the first member that does not fit the first one."""
+    applied to each, predicting at `precision` (TorchBackend); a ValueError names the first
+    member that does not fit the first one."""
     if not runs:
         raise ValueError("an ensemble needs at least one run")
     device = torch.device(device) if device else distributed.default_device()
     members: list[Member] = []
     for run in runs:
         model, tokenizer, cfg = load_trained(run, list(overrides))
-        member = Member(Path(run).resolve(), TorchBackend(model, device, cfg.train.precision), tokenizer, cfg)
+        member = Member(Path(run).resolve(), TorchBackend(model, device, precision), tokenizer, cfg)
         differ = disagreements(members[0], member) if members else []
         if differ:
             raise ValueError(f"{run}: differs from the first member, {members[0].path}, in {'; '.join(differ)}")
@@ -146,8 +147,8 @@ def is_ensemble(path: str | Path) -> bool:
     return (Path(path) / ENSEMBLE_FILE).is_file()
 
 
-def load_ensemble_dir(directory: str | Path, overrides: Sequence[str] = (),
-                      device: str | torch.device | None = None) -> tuple[Ensemble, dict[str, float]]:  # fmt: skip
+def load_ensemble_dir(directory: str | Path, overrides: Sequence[str] = (), device: str | torch.device | None = None,
+                      precision: str = "auto") -> tuple[Ensemble, dict[str, float]]:  # fmt: skip
     """The ensemble `minbert ensemble` wrote into `directory` (its ensemble.json: the members, with
     the overrides they were written with, then `overrides`), and its dev scores (metrics.json)."""
     directory = Path(directory)
@@ -158,7 +159,7 @@ def load_ensemble_dir(directory: str | Path, overrides: Sequence[str] = (),
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{directory}: not a minbert ensemble directory ({type(e).__name__}: {e})") from None
     dev = {k: v for k, v in metrics.items() if k not in ("overall_formula", "members")}
-    return load_ensemble(runs, [*saved, *overrides], device), dev
+    return load_ensemble(runs, [*saved, *overrides], device, precision), dev
 
 
 # ---------------------------------------------------------------------------------------

@@ -25,10 +25,11 @@ def run_directory(checkpoint: str | Path) -> Path:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, overrides=(), plots_dir: str | Path | None = None, device=None,
-                        backend: str = "torch") -> dict:  # fmt: skip
+                        backend: str = "torch", precision: str = "auto") -> dict:  # fmt: skip
     """Dev scores of a model saved by `train`; writes dev-outputs.json and the three dev
     pictures into plots_dir (default: the checkpoint's run directory). `backend` "int8": the
-    model's int8 ONNX graphs in onnxruntime, on the CPU (minbert.inference.backends.int8_backend)."""
+    model's int8 ONNX graphs in onnxruntime, on the CPU (minbert.inference.backends.int8_backend);
+    `precision`: the torch backend's (TorchBackend)."""
     device = torch.device(device) if device else distributed.default_device()
     model, tokenizer, cfg = load_trained(checkpoint, list(overrides))
     dev = encode_all(read_all(cfg, needed_splits(cfg, train=False, test=False)), tokenizer, cfg)["dev"]
@@ -39,7 +40,7 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides=(), plots_dir: str | P
                                                           INT8_BATCH)) for task in dev}  # fmt: skip
     else:
         model.to(device)
-        outputs = {task: hard_and_soft(dev[task].spec, model_outputs(model, task, dev[task], batch, None, device, cfg.train.precision))
+        outputs = {task: hard_and_soft(dev[task].spec, model_outputs(model, task, dev[task], batch, None, device, precision))
                    for task in dev}  # fmt: skip
     scores = dev_scores({task: hard for task, (hard, _) in outputs.items()}, dev)
     plots_dir = Path(plots_dir) if plots_dir else run_directory(checkpoint)

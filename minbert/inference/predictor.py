@@ -98,14 +98,15 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "torch", device: str | torch.device | None = None,
-             batch_size: int | None = None, overrides: Sequence[str] = ()) -> "Predictor":  # fmt: skip
+             batch_size: int | None = None, overrides: Sequence[str] = (), precision: str = "auto") -> "Predictor":  # fmt: skip
         """From a run directory (its best.safetensors), a checkpoint file, a directory written by
         `minbert export` (backend "torch" reads its safetensors, "onnx" its ONNX graphs through
         onnxruntime), or one written by `minbert ensemble` (torch only: every member runs on
         each batch, see minbert.inference.ensemble). Backend "int8" runs int8 ONNX graphs in onnxruntime
         on the CPU: an export's `{task}.int8.onnx`, else made from the model when loading
         (`int8_backend`). `overrides` are dotted config keys for a run (e.g.
-        `model.checkpoint=DIR` where its base checkpoint, whose vocab.txt it uses, has moved)."""
+        `model.checkpoint=DIR` where its base checkpoint, whose vocab.txt it uses, has moved).
+        `precision`: the torch backend's ("auto": bf16 where the device has it natively; TorchBackend)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
         if backend in ("onnx", "int8") and device is not None and torch.device(device).type != "cpu":
@@ -115,7 +116,7 @@ class Predictor:
         if ensemble.is_ensemble(path):
             if backend != "torch":
                 raise ValueError(f"{path}: an ensemble runs on the torch backend only (its members' PyTorch models)")
-            run, dev = ensemble.load_ensemble_dir(path, overrides, device)
+            run, dev = ensemble.load_ensemble_dir(path, overrides, device, precision)
             cfg, tokenizer, threshold = run.cfg, run.tokenizer, PARAPHRASE_THRESHOLD
             record = RunRecord(cfg, dev, None, None, str(path))  # several members: one config speaks for them
         elif manifest.is_export(path):
@@ -131,7 +132,7 @@ class Predictor:
                 source = path if has_graphs(path, tasks) else manifest.load_model(path, found)
                 run = int8_backend(source, tokenizer, cfg)
             else:
-                run = TorchBackend(manifest.load_model(path, found), device, cfg.train.precision)
+                run = TorchBackend(manifest.load_model(path, found), device, precision)
         else:
             if backend == "onnx":
                 raise ValueError(f"{path}: the onnx backend reads a directory written by "
@@ -139,7 +140,7 @@ class Predictor:
             ckpt = load_checkpoint(path)
             model, tokenizer, cfg = build_trained(ckpt, list(overrides), path)
             run = (int8_backend(model, tokenizer, cfg) if backend == "int8"
-                   else TorchBackend(model, device, cfg.train.precision))  # fmt: skip
+                   else TorchBackend(model, device, precision))  # fmt: skip
             threshold, dev = PARAPHRASE_THRESHOLD, ckpt.dev
             record = RunRecord(cfg, dev, ckpt.data, ckpt.bert_config or vars(model.bert.config), str(path))
         batch_size = batch_size or (INT8_BATCH if backend == "int8" else cfg.train.eval_batch_size)

@@ -419,7 +419,7 @@ def uvicorn_config(app: FastAPI) -> "uvicorn.Config":
 
 
 def serve(checkpoint: str | Path, access: Access = Access(), limits: Limits = DEFAULT_LIMITS, backend: str = "torch",
-          overrides: list[str] = (), threads: int | None = None) -> None:  # fmt: skip
+          overrides: list[str] = (), threads: int | None = None, precision: str = "auto") -> None:  # fmt: skip
     """Bind `access`'s address, then load `checkpoint` (a run directory, checkpoint file or export)
     and serve it there until Ctrl-C. The port is taken first, so that a taken one fails in a
     moment rather than after the model has loaded. `threads`: torch's intra-op threads (default:
@@ -431,7 +431,7 @@ def serve(checkpoint: str | Path, access: Access = Access(), limits: Limits = DE
     try:
         if threads:
             torch.set_num_threads(threads)  # the forwards' thread sees it too
-        predictor = Predictor.load(checkpoint, backend, overrides=list(overrides))
+        predictor = Predictor.load(checkpoint, backend, overrides=list(overrides), precision=precision)
         auth = "API key required (Authorization: Bearer)" if access.api_key else "no API key"
         print(f"minbert: serving {predictor!r} on http://{access.host}:{sock.getsockname()[1]}/ (API docs at /docs; "
               f"{auth}); batches of up to {limits.max_batch} inputs, {limits.batch_wait_ms:g} ms wait; at most "

@@ -24,7 +24,8 @@ from minbert.runs import build_model, encode_all, needed_splits, read_all, write
 from minbert.training.logs import print_history
 from minbert.training.loop import run_phase
 from minbert.training.run_state import RunLock
-from minbert.training.state import Run, TrainOptions, attach_soft_labels, check_data, launch_checks, set_seed, start
+from minbert.training.state import (Run, TrainOptions, attach_soft_labels, check_data, launch_checks, set_seed,
+                                    settle_precision, start)  # fmt: skip
 from minbert.training.stopping import EvalCallbackStop, Stopper, StopRequested
 
 
@@ -42,6 +43,7 @@ def train(cfg: RunConfig, out_dir: str | Path, options: TrainOptions | None = No
     with RunLock(out_dir) if distributed.is_main() else contextlib.nullcontext(), \
             Stopper(immediate=distributed.world_size() == 1) as stopper:  # fmt: skip
         try:
+            cfg = settle_precision(cfg, out_dir, options)  # "auto": bf16 where the CPU has it natively
             resume_ckpt = launch_checks(cfg, out_dir, options)
             set_seed(cfg.train.seed)
             raw = read_all(cfg, needed_splits(cfg))  # fails here, before any long work, on bad data
@@ -107,7 +109,7 @@ def finish(run: Run) -> dict[str, float]:
         metrics["data"] = run.data_files
         metrics = json.dumps(metrics, indent=2) + "\n"
         atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(metrics))
-        timing = json.dumps({"train_wall_s": round(elapsed, 1)}) + "\n"
+        timing = json.dumps({"train_wall_s": round(elapsed, 1), "precision": cfg.train.precision}) + "\n"
         atomic_write(out_dir / "timing.json", lambda tmp: tmp.write_text(timing))
         print_history(out_dir / "epochs.jsonl")
     return {**scores, "train_wall_s": round(elapsed, 1)}

@@ -8,6 +8,7 @@ checkpoints) before any long work: changed data is refused unless data.allow_cha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -19,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import yaml
 
 from minbert import distributed
 from minbert.checkpoint import CheckpointError
@@ -236,6 +238,36 @@ def launch_checks(cfg: RunConfig, out_dir: Path, options: TrainOptions) -> Check
     if not options.resume and not options.overwrite and any((out_dir / n).exists() for n in (LAST, "config.yaml")):
         raise RunError(f"{out_dir}: already holds a run; pass --resume to continue it, or --overwrite to start it again")
     return resume_ckpt
+
+
+def settle_precision(cfg: RunConfig, out_dir: Path, options: TrainOptions) -> RunConfig:
+    """`cfg` with train.precision resolved and said in one line ("precision: bf16 (the CPU has
+    AMX)"): "auto" becomes bf16 where the device has native bf16, fp32 elsewhere
+    (`distributed.resolve_precision`); a resumed run keeps the precision it started with. The
+    resolved value is what config.yaml, the checkpoints, timing.json and the model card record."""
+    precision, why = cfg.train.precision, None
+    if precision == "auto" and options.resume:
+        started = _started_precision(out_dir, _device(options))
+        if started is not None:
+            precision, why = started, "as the run started"
+    if why is None:
+        precision, why = distributed.resolve_precision(_device(options), precision)
+    if distributed.is_main():
+        print(f"precision: {precision} ({why})", flush=True)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+
+
+def _started_precision(out_dir: Path, device: torch.device) -> str | None:
+    """The precision recorded in a run's config.yaml (None: no run there yet). A run of an older
+    minbert recorded "auto", which meant bf16 on CUDA and fp32 on the CPU."""
+    try:
+        saved = yaml.safe_load((out_dir / "config.yaml").read_text(encoding="utf-8"))
+        recorded = saved["train"].get("precision", "auto")
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None  # no readable config.yaml: checkpoint_to_resume says what is wrong, or starts the run
+    if recorded == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return recorded if recorded in distributed.PRECISIONS else None
 
 
 def _device(options: TrainOptions) -> torch.device:

@@ -291,7 +291,7 @@ def test_cli_serve_flags(monkeypatch, run_dir, capsys):
     from minbert.inference.backends import allowed_cores
 
     # loopback and no key unless told otherwise; as many threads as the process has cores allowed
-    assert calls[-1] == (str(run_dir), Access("127.0.0.1", 8000), Limits(), "torch", [], allowed_cores())
+    assert calls[-1] == (str(run_dir), Access("127.0.0.1", 8000), Limits(), "torch", [], allowed_cores(), "auto")
     monkeypatch.setenv(API_KEY_ENV, KEY)
     assert cli_main(["serve", "--checkpoint", str(run_dir), "--host", "0.0.0.0", "--port", "9000", "--no-batching",
                      "--max-texts", "5", "--max-chars", "100", "--max-body-bytes", "2048", "--max-concurrent", "7",

@@ -43,7 +43,12 @@ def test_four_trials_write_trials_csv_best_yaml_and_pictures(tiny_checkpoint, sm
     values = [float(r["overall"]) for r in rows]
     assert best["value"] == max(values)
     reloaded = load_config(out / "best.yaml")
-    assert to_dict(reloaded) == to_dict(load_config(out / f"trial-{best['best']:04d}" / "config.yaml"))
+    trial = load_config(out / f"trial-{best['best']:04d}" / "config.yaml")
+    # The trial's config.yaml records the precision "auto" resolved to there; best.yaml keeps "auto",
+    # so that it trains at the precision native wherever it is run.
+    assert reloaded.train.precision == "auto" and trial.train.precision == "fp32"
+    trial.train.precision = "auto"
+    assert to_dict(reloaded) == to_dict(trial)
     for name in ("history.png", "importances.png", "parallel.png"):
         assert (out / name).stat().st_size > 1000
 
