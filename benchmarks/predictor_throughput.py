@@ -3,8 +3,9 @@
 What: `Predictor.predict` end to end (tokenisation, length-sorted batches, the model, the
 results in input order) on the SST dev sentences (1,101, in sentences/s), the Quora dev pairs
 (5,000) and the STS dev pairs (863, in pairs/s), on the same model and threads: PyTorch fp32 at
-the run's eval_batch_size (128; the baseline: `--backend torch` as it is), PyTorch fp32 at the int8
-backend's batch size (32), PyTorch int8 (torch.ao dynamic quantisation of the encoder's linear
+the run's eval_batch_size (128; the baseline: `--backend torch --precision fp32`), PyTorch fp32 at the
+int8 backend's batch size (32), PyTorch under bf16 autocast at both sizes (`--precision bf16`, what
+`auto` picks on a CPU with AMX or AVX512-BF16), PyTorch int8 (torch.ao dynamic quantisation of the encoder's linear
 layers, per channel: the other int8 route, for comparison), ONNX fp32 (`--backend onnx`: `minbert
 export --format onnx`'s graphs) and ONNX int8 (`--backend int8`: the export's `{task}.int8.onnx`,
 at its default batch of 32). --batch-size N sets one batch size for all.
@@ -114,6 +115,8 @@ def main() -> None:
         predictors = {
             "torch": Predictor(TorchBackend(model, cpu, "fp32"), tokenizer, cfg, batch),
             f"torch, batch {small}": Predictor(TorchBackend(model, cpu, "fp32"), tokenizer, cfg, small),
+            "torch bf16": Predictor(TorchBackend(model, cpu, "bf16"), tokenizer, cfg, batch),
+            f"torch bf16, batch {small}": Predictor(TorchBackend(model, cpu, "bf16"), tokenizer, cfg, small),
             "torch.ao int8": Predictor(TorchBackend(torch_ao_int8(model), cpu, "fp32"), tokenizer, cfg, small),
             "onnx": onnx(export_dir, "fp32", batch),
             "onnx int8 (--backend int8)": onnx(int8_dir, "int8", small),

@@ -35,6 +35,15 @@ and MFU, the compile time, the padding fraction of a whole pass over each task's
 and an end-to-end estimate for the main job's step count (configs/main.yaml).
     python benchmarks/train_throughput.py --compile-compare [--threads 2] [--steps 120]
         [--buckets 32,64,96,128] [--dynamic] [--compile-mode default|reduce-overhead|max-autotune]
+
+--precision fp32|bf16|auto (default auto, as train.precision): both sides' precision, the
+reference's autocast included (a Trainer user's `bf16=True` on the CPU is the same autocast); MFU
+is then over the matmul peak of that dtype.
+
+--precision-compare (issue 31): minbert alone, the main job's model as configured, on its own
+batches, in fp32 and in bf16 autocast, the two sides alternating step by step; each side's
+examples/s and MFU over its own dtype's matmul peak. Last line `ratio: X`, bf16 over fp32.
+    python benchmarks/train_throughput.py --precision-compare [--steps 60]
 """
 
 from __future__ import annotations

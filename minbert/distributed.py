@@ -20,6 +20,12 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_TIMEOUT_S = 300.0  # train.ddp_timeout_s's default
+# oneDNN runs the CPU's bf16 matmuls and keeps a compiled kernel per matmul shape, 1,024 of them by
+# default. A run's batches come in about a hundred lengths, each with a dozen matmul shapes forward
+# and backward: in bf16 the full cache held about 700 MB more than 128 entries do (the main job's
+# model, 450 steps: peak RSS 3.07 GB, 2.55 GB at 128; docs/RESULTS.md). Read by oneDNN at its first
+# use, so it is set here, before any matmul; a value the user set is kept.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
 _control: dict[str, object] = {}  # the CPU (gloo) group for small host-side collectives, and the timeout
 
 
