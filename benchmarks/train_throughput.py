@@ -43,7 +43,7 @@ is then over the matmul peak of that dtype.
 --precision-compare (issue 31): minbert alone, the main job's model as configured, on its own
 batches, in fp32 and in bf16 autocast, the two sides alternating step by step; each side's
 examples/s and MFU over its own dtype's matmul peak. Last line `ratio: X`, bf16 over fp32.
-    python benchmarks/train_throughput.py --precision-compare [--steps 60]
+    python benchmarks/train_throughput.py --precision-compare [--steps 60] [--profile 12]
 """
 
 from __future__ import annotations
@@ -307,7 +307,30 @@ def precision_compare(args) -> None:
         mfu = 100 * 3 * st.model_flops / side.watch.seconds / meters[p].flops
         print(f"{p}: {side.rate:.2f} examples/s, {1e3 * side.watch.seconds / args.steps:.0f} ms/step | "
               f"{100 * st.pad_fraction:.1f}% padding | matmul peak {meters[p]} | MFU {mfu:.1f}%")  # fmt: skip
+    if args.profile:
+        for p, side in sides.items():
+            profile_steps(side, p, args.profile)
     print(f"ratio: {sides['bf16'].rate / sides['fp32'].rate:.2f}")
+
+
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
+
+
+def profile_steps(side: Minbert, name: str, steps: int) -> None:
+    """Where `steps` more steps of `side` spend their time: ms per step in matmul kernels and in
+    each of the other operators with the most self time (torch.profiler, CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            side.step(TASK_ORDER[i % len(TASK_ORDER)])
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) / 1000 / steps
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMULS) / 1000 / steps
+    rest = sorted((e for e in events if e.key not in MATMULS), key=lambda e: -e.self_cpu_time_total)
+    print(f"{name} profile, {steps} steps: {total:.1f} ms/step of operator self time; matmuls {matmul:.1f} "
+          f"({100 * matmul / total:.0f}%); the rest by operator (ms/step):")  # fmt: skip
+    print("  " + ", ".join(f"{e.key.removeprefix('aten::')} {e.self_cpu_time_total / 1000 / steps:.1f}" for e in rest[:14]))
 
 
 def main() -> None:
@@ -321,6 +344,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="--compile-compare's torch threads (default 2)")
     parser.add_argument("--dynamic", action="store_true", help="--compile-compare: also compiled without buckets (dynamic)")
     parser.add_argument("--precision-compare", action="store_true", help="fp32 vs bf16 autocast, the main job's model")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="--precision-compare: then profile N more steps of each side, by operator")
     parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
                         help="--compile-compare: train.compile_mode of the compiled + buckets side (reduce-overhead: CUDA)")
     args = parser.parse_args()
