@@ -155,9 +155,9 @@ def native_bf16(device: torch.device) -> str | None:
 
     Decided by the CPU's capability flags rather than by timing a matmul at start: a timing
     taken while another process shares the cores could choose either way, the flags cannot.
-    Measured on these machines (docs/RESULTS.md): AMX (Intel Xeon) and AVX512-BF16 (AMD EPYC)
-    run the encoder's bf16 matmuls 4-7x faster than fp32; without them (AVX2 only) oneDNN
-    emulates bf16 and it is slower than fp32."""
+    Measured (docs/RESULTS.md, benchmarks/matmul_precision.py): the encoder's matmuls run 8.3x
+    faster in bf16 than in fp32 with AMX (Intel Xeon), 4.4-6.8x with AVX512-BF16 (AMD EPYC); with
+    oneDNN kept from those instructions bf16 is emulated: 0.20x fp32 on AVX-512, 0.01x on AVX2."""
     if device.type == "cuda":
         return "CUDA" if torch.cuda.is_bf16_supported() else None
     if device.type != "cpu":
