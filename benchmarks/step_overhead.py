@@ -51,7 +51,7 @@ import hf_reference
 import torch
 import transformers
 
-from common import TASK_ORDER, load_run_config
+from common import TASK_ORDER, cpu_name, load_run_config
 from minbert.checkpoint import default_checkpoint_dir, resolve_checkpoint_dir
 from minbert.model import BertConfig
 from minbert.runs import build_model, encode_all, read_all
@@ -191,13 +191,6 @@ def matmul_ms(side, n: int) -> float:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         side.block(n)
     return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMULS) / 1000 / n
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def main() -> None:

@@ -194,6 +194,11 @@ class RunConfig:
 # ---------------------------------------------------------------------------------------
 
 
+def with_precision(cfg: RunConfig, precision: str) -> RunConfig:
+    """A copy of `cfg` with train.precision set (`cfg` itself is left as it is)."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 

@@ -8,7 +8,6 @@ Everything here takes a config (`RunConfig`) and derives the run's tasks from it
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 
 from minbert import distributed
 from minbert.checkpoint import CheckpointError, load_pretrained, resolve_checkpoint_dir
-from minbert.config import ConfigError, RunConfig, load_config, window_stride
+from minbert.config import ConfigError, RunConfig, load_config, window_stride, with_precision
 from minbert.evaluation import dev_scores, predict, prediction_path, write_predictions
 from minbert.model import BertConfig, BertModel
 from minbert.multitask import MultitaskBert
@@ -189,7 +188,7 @@ def predict_checkpoint(checkpoint_path, overrides=(), out_dir: Path | None = Non
     training precision: see inference.backends.TorchBackend)."""
     device = torch.device(device) if device else distributed.default_device()
     model, tokenizer, cfg = load_trained(checkpoint_path, list(overrides))
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+    cfg = with_precision(cfg, precision)
     data = encode_all(read_all(cfg, needed_splits(cfg, train=False, test=out_dir is not None)), tokenizer, cfg)
     model.to(device)
     if out_dir is None:

@@ -8,7 +8,6 @@ checkpoints) before any long work: changed data is refused unless data.allow_cha
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import re
@@ -24,7 +23,7 @@ import yaml
 
 from minbert import distributed
 from minbert.checkpoint import CheckpointError
-from minbert.config import ConfigError, RunConfig, load_config, save_config, to_dict
+from minbert.config import ConfigError, RunConfig, load_config, save_config, to_dict, with_precision
 from minbert.multitask import MultitaskBert
 from minbert.reports.plots import CURVES, DEV_OUTPUTS, EVALUATION_PICTURES
 from minbert.run_files import (BEST, LAST, Checkpoint, Progress, RunError, atomic_write, checked_fingerprints,
@@ -254,7 +253,7 @@ def settle_precision(cfg: RunConfig, out_dir: Path, options: TrainOptions) -> Ru
         precision, why = distributed.resolve_precision(_device(options), precision)
     if distributed.is_main():
         print(f"precision: {precision} ({why})", flush=True)
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+    return with_precision(cfg, precision)
 
 
 def _started_precision(out_dir: Path, device: torch.device) -> str | None:
